@@ -1,0 +1,407 @@
+"""The jobcast wire protocol: frame grammar, messages, ``encode`` and ``decode`` (pure).
+
+Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped first)::
+
+    direct     = "JC01" COMMAND header [payload]
+    published  = topic "JC01" COMMAND header         ; topic = the job id
+    COMMAND    = short ASCII word, see ``Command``
+    header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
+    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound
+
+Who sends what::
+
+    client → broker    SUBMIT STATUS CANCEL WAIT STATS
+    broker → client    JOB (a job snapshot, result as payload) COUNTERS ERROR
+    worker → broker    READY HEARTBEAT DONE FAILED BYE
+    broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
+    worker PUB         PROGRESS (topic = job id)
+    broker XPUB        EVENT    (topic = job id)
+
+``decode`` checks the frame count and sizes *before* parsing anything and raises
+``ProtocolError`` with the rule that was broken. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any, Final, TypeAlias
+
+from broker.errors import ProtocolError
+
+TAG: Final = b"JC01"
+MAX_FRAMES: Final = 5
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_ARGS_BYTES: Final = 1024 * 1024
+MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
+MAX_TOPIC_BYTES: Final = 64
+
+
+class Command(bytes, Enum):
+    """Every command word on the wire."""
+
+    SUBMIT = b"SUBMIT"
+    STATUS = b"STATUS"
+    CANCEL = b"CANCEL"
+    WAIT = b"WAIT"
+    STATS = b"STATS"
+    JOB = b"JOB"
+    COUNTERS = b"COUNTERS"
+    ERROR = b"ERROR"
+    READY = b"READY"
+    HEARTBEAT = b"HEARTBEAT"
+    ASSIGN = b"ASSIGN"
+    DONE = b"DONE"
+    FAILED = b"FAILED"
+    STOP = b"STOP"
+    BYE = b"BYE"
+    PROGRESS = b"PROGRESS"
+    EVENT = b"EVENT"
+
+
+_message = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+# --- client ↔ broker ---------------------------------------------------------------
+
+
+@_message
+class Submit:
+    """Queue a job (or join the running one with the same cache key)."""
+
+    req: int
+    task: str
+    args: bytes
+    ttl_s: float | None = None
+    force: bool = False
+    priority: str = "normal"
+    delay_s: float = 0.0
+    run_at: float | None = None
+    scope: str = ""
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@_message
+class Status:
+    """Ask for a job's snapshot."""
+
+    req: int
+    id: str
+
+
+@_message
+class Cancel:
+    """Cancel a job: drop it if queued, stop it if running."""
+
+    req: int
+    id: str
+
+
+@_message
+class Wait:
+    """Reply with the job's snapshot once it reaches a final state."""
+
+    req: int
+    id: str
+
+
+@_message
+class Stats:
+    """Ask for queue, worker and counter figures."""
+
+    req: int
+
+
+@_message
+class Snapshot:
+    """A job's current state; ``result`` is its JSON result bytes once done."""
+
+    req: int
+    job: dict[str, Any]
+    result: bytes | None = None
+
+
+@_message
+class Counters:
+    """The broker's figures, in reply to ``Stats``."""
+
+    req: int
+    stats: dict[str, Any]
+
+
+@_message
+class Error:
+    """A refused request: ``code`` for machines, ``message`` for people."""
+
+    req: int = 0
+    code: str
+    message: str
+
+
+# --- worker ↔ broker ---------------------------------------------------------------
+
+
+@_message
+class Ready:
+    """A worker slot announces itself and the tasks it can run.
+
+    ``options`` maps a task name to its defaults: ``ttl_s``, ``timeout_s``, ``max_attempts``.
+    """
+
+    tasks: list[str]
+    options: dict[str, Any] | None = None
+    pid: int = 0
+    host: str = ""
+
+
+@_message
+class Heartbeat:
+    """Proof of life, sent when nothing else was sent for an interval."""
+
+
+@_message
+class Assign:
+    """The broker hands a job attempt to an idle worker."""
+
+    id: str
+    task: str
+    attempt: int
+    args: bytes
+    timeout_s: float | None = None
+
+
+@_message
+class Done:
+    """An attempt finished; ``result`` is its JSON result bytes.
+
+    ``last`` is the attempt's last progress (``done``, ``total``, ``message``): the PUB
+    copy of it may arrive after this message, and then the broker drops it.
+    """
+
+    id: str
+    attempt: int
+    result: bytes
+    last: dict[str, Any] | None = None
+
+
+@_message
+class Failed:
+    """An attempt failed; ``error`` has ``type``, ``message`` and ``traceback``."""
+
+    id: str
+    attempt: int
+    error: dict[str, Any]
+    retry: bool = True
+
+
+@_message
+class Stop:
+    """The broker asks a worker to stop an attempt (cancel)."""
+
+    id: str
+    attempt: int
+
+
+@_message
+class Bye:
+    """The peer is going away (warm shutdown)."""
+
+
+# --- published events ----------------------------------------------------------------
+
+
+@_message
+class Progress:
+    """A worker's progress report for one attempt, published with topic = job id."""
+
+    id: str
+    attempt: int
+    done: int
+    total: int
+    message: str = ""
+
+
+@_message
+class Event:
+    """A job event stamped by the broker, published with topic = job id."""
+
+    id: str
+    seq: int
+    epoch: int
+    state: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    eta_s: float | None = None
+    ts: float = 0.0
+    attempts: int = 0
+    error: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+
+
+Message: TypeAlias = (
+    Submit | Status | Cancel | Wait | Stats | Snapshot | Counters | Error
+    | Ready | Heartbeat | Assign | Done | Failed | Stop | Bye | Progress | Event
+)
+
+COMMAND_OF: Final[dict[type[Any], Command]] = {
+    Submit: Command.SUBMIT, Status: Command.STATUS, Cancel: Command.CANCEL,
+    Wait: Command.WAIT, Stats: Command.STATS, Snapshot: Command.JOB,
+    Counters: Command.COUNTERS, Error: Command.ERROR, Ready: Command.READY,
+    Heartbeat: Command.HEARTBEAT, Assign: Command.ASSIGN, Done: Command.DONE,
+    Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
+    Progress: Command.PROGRESS, Event: Command.EVENT,
+}  # fmt: skip
+TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
+PUBLISHED: Final = frozenset({Progress, Event})
+PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
+    Submit: "args", Assign: "args", Done: "result", Snapshot: "result",
+}
+PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
+    Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
+    Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES,
+}  # fmt: skip
+_MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Encode a message into its frames (published ones start with the topic)."""
+    cls = type(msg)
+    payload_field = PAYLOAD_FIELD.get(cls)
+    header = {
+        f.name: getattr(msg, f.name) for f in fields(msg) if f.name != payload_field
+    }
+    frames = [TAG, COMMAND_OF[cls].value, _dump_header(header)]
+    if payload_field is not None:
+        payload = getattr(msg, payload_field)
+        if payload is not None:
+            frames.append(payload)
+    if cls in PUBLISHED:
+        frames.insert(0, msg.id.encode())  # type: ignore[union-attr]
+    return frames
+
+
+def _dump_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Decode frames into a message.
+
+    Raises:
+        ProtocolError: the frames break the grammar, a bound, or a field's type.
+    """
+    _check_bounds(frames)
+    topic, frames = _split_topic(frames)
+    cls = _message_class(frames[1])
+    _check_payload(cls, frames)
+    values = _parse_header(frames[2])
+    payload_field = PAYLOAD_FIELD.get(cls)
+    if payload_field is not None:
+        values[payload_field] = frames[3] if len(frames) > 3 else None
+    msg = _build(cls, values)
+    if (topic is not None) != (cls in PUBLISHED):
+        raise ProtocolError(f"{cls.__name__} must {'' if topic is None else 'not '}be published")
+    if topic is not None and topic != msg.id.encode():  # type: ignore[union-attr]
+        raise ProtocolError("topic does not match the event's job id")
+    return msg
+
+
+def _check_bounds(frames: list[bytes]) -> None:
+    if not frames:
+        raise ProtocolError("empty message")
+    if len(frames) > MAX_FRAMES:
+        raise ProtocolError(f"too many frames: at most {MAX_FRAMES} (got {len(frames)})")
+    total = sum(len(frame) for frame in frames)
+    if total > _MAX_BYTES:
+        raise ProtocolError(f"message exceeds {_MAX_BYTES} bytes (got {total})")
+
+
+def _split_topic(frames: list[bytes]) -> tuple[bytes | None, list[bytes]]:
+    if frames[0] == TAG:
+        topic = None
+    elif len(frames) > 1 and frames[1] == TAG:
+        topic, frames = frames[0], frames[1:]
+        if len(topic) > MAX_TOPIC_BYTES:
+            raise ProtocolError(f"topic exceeds {MAX_TOPIC_BYTES} bytes (got {len(topic)})")
+    else:
+        raise ProtocolError(f"wrong protocol tag: expected {TAG!r}")
+    if len(frames) < 3:
+        raise ProtocolError(f"truncated: need tag, command and header (got {len(frames)} frames)")
+    return topic, frames
+
+
+def _message_class(command: bytes) -> type[Any]:
+    try:
+        return TYPE_OF[Command(command)]
+    except ValueError:
+        raise ProtocolError(f"unknown command {command[:32]!r}") from None
+
+
+def _check_payload(cls: type[Any], frames: list[bytes]) -> None:
+    if len(frames[2]) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header exceeds {MAX_HEADER_BYTES} bytes (got {len(frames[2])})")
+    allowed = 4 if cls in PAYLOAD_FIELD else 3
+    if len(frames) > allowed:
+        raise ProtocolError(f"{cls.__name__} takes at most {allowed} frames (got {len(frames)})")
+    if len(frames) == 4:
+        limit = PAYLOAD_LIMIT[cls]
+        if len(frames[3]) > limit:
+            raise ProtocolError(f"payload exceeds {limit} bytes (got {len(frames[3])})")
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"header is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"header must be a JSON object (got {type(value).__name__})")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _build(cls: type[Any], values: dict[str, Any]) -> Message:
+    hints = _hints(cls)
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise ProtocolError(f"{cls.__name__}: unknown field {sorted(unknown)[0]!r}")
+    for name, value in values.items():
+        if not _matches(value, hints[name]):
+            raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
+    try:
+        return cls(**values)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    return isinstance(value, origin)
