@@ -9,6 +9,7 @@ Hierarchy::
      ├── UnknownTask        no worker offers the task
      ├── UnknownJob         no such job id (never existed, or past its retention)
      ├── BrokerError        the broker refused a request (its error code and message)
+     ├── UnsafeStoredData   a stored row that would need unpickling, or a bad data dir
      ├── JobFailed          the job ended ``failed``; carries the error record
      └── JobCancelled       the job ended ``cancelled``
 """
@@ -52,6 +53,10 @@ class BrokerError(JobcastError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class UnsafeStoredData(JobcastError):
+    """Stored data jobcast refuses to read (a pickled row) or a data dir it refuses to use."""
 
 
 class JobFailed(JobcastError):

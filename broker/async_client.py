@@ -1,0 +1,159 @@
+"""The asyncio client: the same verbs as ``Client``, for asyncio code (the web server)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+
+from broker import protocol as p
+from broker.addresses import broker_url, endpoints
+from broker.replies import FINAL, event_view, final_result, job_view, submit_message
+
+DEFAULT_TIMEOUT_S: Final = 30.0
+EVENT_RECHECK_S: Final = 1.0
+
+
+class AsyncJob:
+    """A handle on one submitted job, for asyncio code."""
+
+    def __init__(self, client: AsyncClient, view: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = view["id"]
+        self.view = view
+
+    async def status(self) -> dict[str, Any]:
+        """The job's current snapshot."""
+        return await self.client.status(self.id)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result; raises JobFailed, JobCancelled or TimeoutError."""
+        return await self.client.result(self.id, timeout=timeout)
+
+    def events(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Pushed progress events, ending with the final state."""
+        return self.client.events(self.id, after=after)
+
+
+class AsyncClient:
+    """An asyncio connection to a broker; requests may run concurrently."""
+
+    def __init__(self, broker: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 context: zmq.asyncio.Context | None = None) -> None:
+        self.base_url = broker_url(broker)
+        self.endpoints = endpoints(self.base_url)
+        self.timeout_s = timeout_s
+        self._own_context = context is None
+        self.context = context or zmq.asyncio.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(self.endpoints.clients)
+        self._reqs = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[p.Message]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def submit(self, task: str, args: dict[str, Any] | None = None, *,
+                     ttl: float | None = None, force: bool = False, priority: str = "normal",
+                     delay: float = 0.0, run_at: float | None = None, scope: str = "",
+                     max_attempts: int | None = None, timeout: float | None = None) -> AsyncJob:
+        """Submit a job (or join the identical one running, or get the cached result)."""
+        msg = submit_message(next(self._reqs), task, args, ttl=ttl, force=force,
+                             priority=priority, delay=delay, run_at=run_at, scope=scope,
+                             max_attempts=max_attempts, timeout=timeout)
+        return AsyncJob(self, job_view(await self._call(msg)))
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        """A job's snapshot (``result`` included once done); raises UnknownJob."""
+        return job_view(await self._call(p.Status(req=next(self._reqs), id=job_id)))
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job."""
+        return job_view(await self._call(p.Cancel(req=next(self._reqs), id=job_id)))
+
+    async def stats(self) -> dict[str, Any]:
+        """Queue, worker and counter figures."""
+        reply = await self._call(p.Stats(req=next(self._reqs)))
+        if not isinstance(reply, p.Counters):
+            job_view(reply)
+            raise TypeError("unexpected reply to STATS")
+        return reply.stats
+
+    async def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
+        reply = await self._call(p.Wait(req=next(self._reqs), id=job_id), timeout or 1e9)
+        return final_result(job_view(reply))
+
+    async def events(self, job_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Pushed events of one job (Clone join), ending with its final state."""
+        sub = self.context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, job_id.encode())
+        sub.connect(self.endpoints.events_out)
+        try:
+            last_seq, state = after, ""
+            snapshot = await self.status(job_id)
+            if snapshot["seq"] > last_seq:
+                last_seq, state = snapshot["seq"], snapshot["state"]
+                yield snapshot
+            while state not in FINAL and snapshot["state"] not in FINAL:
+                event = await self._next_event(sub, job_id) or await self.status(job_id)
+                if event["seq"] > last_seq:
+                    last_seq, state = event["seq"], event["state"]
+                    yield event
+        finally:
+            sub.close()
+
+    async def _next_event(self, sub: zmq.asyncio.Socket, job_id: str) -> dict[str, Any] | None:
+        if not await sub.poll(int(EVENT_RECHECK_S * 1000)):
+            return None
+        frames = await sub.recv_multipart()
+        if frames[0] != job_id.encode():
+            return None
+        msg = p.decode(frames)
+        return event_view(msg) if isinstance(msg, p.Event) else None
+
+    async def _call(self, msg: Any, timeout_s: float | None = None) -> p.Message:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+        future: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
+        self._pending[msg.req] = future
+        try:
+            await self.socket.send_multipart(p.encode(msg))
+            return await asyncio.wait_for(future, self.timeout_s if timeout_s is None else timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"no reply from the broker at {self.base_url} in time") from None
+        finally:
+            self._pending.pop(msg.req, None)
+
+    async def _read_replies(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart()
+            try:
+                reply = p.decode(frames)
+            except p.ProtocolError:
+                continue
+            future = self._pending.get(getattr(reply, "req", 0))
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def aclose(self) -> None:
+        """Stop the reply reader and close the socket (and the context, if ours)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (and the context, if the client made it)."""
+        self.socket.close(linger=0)
+        if self._own_context:
+            self.context.term()

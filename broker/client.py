@@ -1,0 +1,211 @@
+"""The public Python client: submit jobs, watch their pushed progress, get results.
+
+    client = Client("tcp://127.0.0.1:5555")
+    job = client.submit("report", {"region": "eu"})
+    for event in job.events(): ...
+    job.result(timeout=60)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Final
+
+import zmq
+
+from broker import protocol as p
+from broker.addresses import broker_url, endpoints
+from broker.async_client import AsyncClient, AsyncJob
+from broker.replies import FINAL, event_view, final_result, job_view, submit_message
+
+__all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
+
+DEFAULT_TIMEOUT_S: Final = 30.0
+EVENT_RECHECK_S: Final = 1.0  # with no event for this long, re-read the snapshot (PUB may drop)
+
+
+class Job:
+    """A handle on one submitted job."""
+
+    def __init__(self, client: Client, view: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = view["id"]
+        self.view = view
+
+    @property
+    def cached(self) -> bool:
+        """Whether the submission was answered from the result cache."""
+        return bool(self.view.get("cached"))
+
+    def status(self) -> dict[str, Any]:
+        """The job's current snapshot."""
+        return self.client.status(self.id)
+
+    def events(self, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Pushed progress events, ending with the final state."""
+        return self.client.events(self.id, after=after)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result; raises JobFailed, JobCancelled or TimeoutError."""
+        return self.client.result(self.id, timeout=timeout)
+
+    def cancel(self) -> dict[str, Any]:
+        """Cancel the job."""
+        return self.client.cancel(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.view.get('task')} {self.view.get('state')}>"
+
+
+class Client:
+    """A synchronous connection to a broker (one DEALER socket; not thread-safe)."""
+
+    def __init__(self, broker: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        self.base_url = broker_url(broker)
+        self.endpoints = endpoints(self.base_url)
+        self.timeout_s = timeout_s
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(self.endpoints.clients)
+        self._reqs = itertools.count(1)
+        self._replies: dict[int, p.Message] = {}
+        self._pending: set[int] = set()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def submit(self, task: str, args: dict[str, Any] | None = None, *, ttl: float | None = None,
+               force: bool = False, priority: str = "normal", delay: float = 0.0,
+               run_at: float | None = None, scope: str = "", max_attempts: int | None = None,
+               timeout: float | None = None) -> Job:
+        """Submit a job (or join the identical one running, or get the cached result)."""
+        msg = submit_message(next(self._reqs), task, args, ttl=ttl, force=force,
+                             priority=priority, delay=delay, run_at=run_at, scope=scope,
+                             max_attempts=max_attempts, timeout=timeout)
+        return Job(self, job_view(self._call(msg)))
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """A job's snapshot (``result`` included once done); raises UnknownJob."""
+        return job_view(self._call(p.Status(req=next(self._reqs), id=job_id)))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job: a queued one is dropped, a running one is stopped."""
+        return job_view(self._call(p.Cancel(req=next(self._reqs), id=job_id)))
+
+    def stats(self) -> dict[str, Any]:
+        """Queue, worker and counter figures."""
+        reply = self._call(p.Stats(req=next(self._reqs)))
+        if not isinstance(reply, p.Counters):
+            job_view(reply)  # raises the broker's error
+            raise TypeError("unexpected reply to STATS")
+        return reply.stats
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
+        reply = self._call(p.Wait(req=next(self._reqs), id=job_id), timeout_s=timeout or 1e9)
+        return final_result(job_view(reply))
+
+    def map(self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None,
+            **options: Any) -> list[Any]:
+        """Run ``task`` once per args, in parallel across the pool; results in order.
+
+        Submissions and waits are pipelined: one round trip for all, not one per job.
+        """
+        deadline = time.monotonic() + (timeout or 1e9)
+        msgs = [submit_message(next(self._reqs), task, args, **_submit_options(options))
+                for args in args_list]
+        views = [job_view(r) for r in self._call_many(msgs, deadline)]
+        waits = [p.Wait(req=next(self._reqs), id=view["id"]) for view in views]
+        return [final_result(job_view(r)) for r in self._call_many(waits, deadline)]
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Pushed events of one job (Clone join: subscribe, snapshot, then newer ones)."""
+        sub = self.context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, job_id.encode())
+        sub.connect(self.endpoints.events_out)
+        try:
+            yield from self._follow(sub, job_id, after)
+        finally:
+            sub.close()
+
+    def _follow(self, sub: zmq.Socket[bytes], job_id: str, after: int) -> Iterator[dict[str, Any]]:
+        last_seq, state = after, ""
+        snapshot = self.status(job_id)
+        if snapshot["seq"] > last_seq:
+            last_seq, state = snapshot["seq"], snapshot["state"]
+            yield snapshot
+        while state not in FINAL and snapshot["state"] not in FINAL:
+            event = self._next_event(sub, job_id)
+            if event is None:
+                event = self.status(job_id)  # nothing pushed for a while: PUB may have dropped
+            if event["seq"] > last_seq:
+                last_seq, state = event["seq"], event["state"]
+                yield event
+
+    def _next_event(self, sub: zmq.Socket[bytes], job_id: str) -> dict[str, Any] | None:
+        if not sub.poll(int(EVENT_RECHECK_S * 1000)):
+            return None
+        frames = sub.recv_multipart()
+        if frames[0] != job_id.encode():
+            return None  # SUBSCRIBE is a prefix match: another job's id began with ours
+        msg = p.decode(frames)
+        return event_view(msg) if isinstance(msg, p.Event) else None
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _call(self, msg: p.Message, timeout_s: float | None = None) -> p.Message:
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        return self._call_many([msg], deadline)[0]
+
+    def _call_many(self, msgs: list[Any], deadline: float) -> list[p.Message]:
+        reqs = [msg.req for msg in msgs]
+        self._pending.update(reqs)
+        try:
+            for msg in msgs:
+                self.socket.send_multipart(p.encode(msg))
+            return [self._await_reply(req, deadline) for req in reqs]
+        finally:
+            self._pending.difference_update(reqs)
+
+    def _await_reply(self, req: int, deadline: float) -> p.Message:
+        while req not in self._replies:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0 or not self.socket.poll(min(wait_ms, 1000) or 1):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no reply from the broker at {self.base_url} in time")
+                continue
+            reply = p.decode(self.socket.recv_multipart())
+            reply_req = getattr(reply, "req", 0)
+            if reply_req in self._pending:
+                self._replies[reply_req] = reply
+        return self._replies.pop(req)
+
+    def close(self) -> None:
+        """Close the socket (and the context, if the client made it)."""
+        self.socket.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _submit_options(options: dict[str, Any]) -> dict[str, Any]:
+    defaults = {"ttl": None, "force": False, "priority": "normal", "delay": 0.0,
+                "run_at": None, "scope": "", "max_attempts": None, "timeout": None}
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")
+    return {**defaults, **options}

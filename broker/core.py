@@ -1,0 +1,440 @@
+"""The broker as a pure state machine: frames and time in, effects out.
+
+``BrokerProtocol`` never touches a socket or a file. The shell (``broker.server``) feeds it
+what arrives on its sockets with ``receive_client``, ``receive_worker``, ``receive_event``
+and ``receive_subscription``, calls ``tick`` every loop iteration, and applies
+``effects_to_apply()`` in order (durable effects first). ``now`` is monotonic seconds;
+user-visible timestamps are ``now + wall_offset_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, Final, Protocol
+
+from broker import protocol as p
+from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
+from broker.errors import BadArguments, ProtocolError
+from broker.jobs import Job, State
+from broker.lifecycle import TaskDefaults, WorkerSlot, retention_s
+from broker.liveness import Liveness
+from broker.progress import EtaEstimator
+from broker.scheduling import IdleWorkers, JobQueue, retry_delay_s
+from broker.submission import Submission, prepare_submission
+
+logger = logging.getLogger(__name__)
+
+MAX_JOBS_IN_MEMORY: Final = 10_000  # finished jobs kept for fast status; older ones on disk
+MAX_ERROR_TEXT: Final = 8192
+
+
+class StoredResults(Protocol):
+    """Read access to finished jobs kept by the shell (diskcache)."""
+
+    def job(self, job_id: str) -> tuple[dict[str, Any], bytes | None] | None:
+        """A finished job's view and result bytes, or None."""
+
+    def job_for_key(self, cache_key: str) -> str | None:
+        """The id of the job whose fresh result is cached under ``cache_key``."""
+
+
+class BrokerProtocol:
+    """Jobs, workers and their heartbeats; see the module docstring."""
+
+    def __init__(self, results: StoredResults, *, epoch: int, heartbeat_s: float,
+                 wall_offset_s: float = 0.0, new_id: Any = None) -> None:
+        from broker.jobs import new_job_id
+
+        self.results = results
+        self.epoch = epoch
+        self.heartbeat_s = heartbeat_s
+        self.wall_offset_s = wall_offset_s
+        self.new_id = new_id or new_job_id
+        self.jobs: dict[str, Job] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.by_key: dict[str, str] = {}
+        self.queue = JobQueue()
+        self.workers: dict[bytes, WorkerSlot] = {}
+        self.idle = IdleWorkers()
+        self.defaults = TaskDefaults()
+        self.waiters: dict[str, list[tuple[bytes, int]]] = {}
+        self.etas: dict[str, EtaEstimator] = {}
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("submitted", "coalesced", "cache_hits", "done", "failed", "cancelled",
+             "retried", "workers_lost", "invalid_messages", "stale_messages"), 0)
+        self._effects: list[Effect] = []
+
+    # --- the shell's interface ---------------------------------------------------------
+
+    def effects_to_apply(self) -> list[Effect]:
+        """Effects produced since the last call, in the order they must be applied."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    def receive_client(self, peer: bytes, frames: list[bytes], now: float) -> None:
+        """Handle one message from a client."""
+        try:
+            msg = p.decode(frames)
+        except ProtocolError as exc:
+            self._invalid(peer, exc, to_worker=False)
+            return
+        match msg:
+            case p.Submit():
+                self._submit(peer, msg, now)
+            case p.Status():
+                self._reply_job(peer, msg.req, msg.id)
+            case p.Cancel():
+                self._cancel(peer, msg, now)
+            case p.Wait():
+                self._wait(peer, msg)
+            case p.Stats():
+                self._send_client(peer, p.Counters(req=msg.req, stats=self.stats()))
+            case _:
+                self._invalid(peer, ProtocolError(f"{type(msg).__name__} is not a client request"),
+                              to_worker=False)
+
+    def receive_worker(self, peer: bytes, frames: list[bytes], now: float) -> None:
+        """Handle one message from a worker."""
+        try:
+            msg = p.decode(frames)
+        except ProtocolError as exc:
+            self._invalid(peer, exc, to_worker=True)
+            return
+        slot = self.workers.get(peer)
+        if slot is not None:
+            slot.liveness.on_message(now)
+        match msg:
+            case p.Ready():
+                self._worker_ready(peer, msg, now)
+            case p.Heartbeat() if slot is None:
+                self._send_worker(peer, p.Bye(), now)  # unknown to us: re-register
+            case p.Heartbeat():
+                pass
+            case p.Done():
+                self._worker_done(peer, msg, now)
+            case p.Failed():
+                self._worker_failed(peer, msg, now)
+            case p.Bye():
+                self._worker_gone(peer, now, reason="worker said goodbye", lost=False)
+            case _:
+                self._invalid(peer, ProtocolError(f"{type(msg).__name__} is not a worker message"),
+                              to_worker=True)
+        self._dispatch(now)
+
+    def receive_event(self, frames: list[bytes], now: float) -> None:
+        """Handle one progress event from a worker's PUB socket."""
+        try:
+            msg = p.decode(frames)
+        except ProtocolError as exc:
+            self.counters["invalid_messages"] += 1
+            logger.warning("dropped an invalid event: %s", exc)
+            return
+        if not isinstance(msg, p.Progress):
+            self.counters["invalid_messages"] += 1
+            return
+        job = self.jobs.get(msg.id)
+        if job is None or job.state is not State.RUNNING or job.attempts != msg.attempt:
+            self.counters["stale_messages"] += 1
+            return
+        if msg.done < 0 or msg.total < 0:
+            self.counters["invalid_messages"] += 1
+            return
+        job.done, job.total, job.message = msg.done, msg.total, msg.message[:1000]
+        job.eta_s = self.etas.setdefault(job.id, EtaEstimator()).observe(now, msg.done, msg.total)
+        self._publish(job, now)
+
+    def receive_subscription(self, topic: bytes, now: float) -> None:
+        """A watcher subscribed to a job: republish its latest event so it needs no wait."""
+        job = self.jobs.get(topic.decode("ascii", "replace"))
+        if job is not None:
+            self._effects.append(Publish(p.encode(self._event(job, now))))
+
+    def worker_unreachable(self, peer: bytes, now: float) -> None:
+        """The shell could not deliver to a worker: it is gone; re-queue its job."""
+        self._worker_gone(peer, now, reason="worker disconnected", lost=True)
+        self._dispatch(now)
+
+    def tick(self, now: float) -> None:
+        """Heartbeats, dead workers and delayed jobs; call every loop iteration."""
+        for peer, slot in list(self.workers.items()):
+            if slot.liveness.expired(now):
+                self._worker_gone(peer, now, reason=self._silence(slot), lost=True)
+            elif slot.liveness.due(now):
+                self._send_worker(peer, p.Heartbeat(), now)
+        if self.queue.promote_due(self._wall(now)):
+            self._dispatch(now)
+
+    def next_deadline(self) -> float:
+        """The monotonic time at which ``tick`` next has work, at most a second away."""
+        deadlines = [slot.liveness.next_deadline() for slot in self.workers.values()]
+        due = self.queue.next_due()
+        if due is not None:
+            deadlines.append(due - self.wall_offset_s)
+        return min(deadlines, default=float("inf"))
+
+    def stats(self) -> dict[str, Any]:
+        """Queue depth, workers and counters."""
+        states = [job.state for job in self.jobs.values()]
+        return {
+            "epoch": self.epoch,
+            "queued": states.count(State.QUEUED),
+            "running": states.count(State.RUNNING),
+            "workers": len(self.workers),
+            "idle_workers": len(self.idle),
+            "tasks": sorted(self.defaults.tasks()),
+            **self.counters,
+        }
+
+    # --- client requests ---------------------------------------------------------------
+
+    def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
+        try:
+            sub = prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
+        except BadArguments as exc:
+            code = "too_large" if type(exc).__name__ == "PayloadTooLarge" else "bad_args"
+            self._send_client(peer, p.Error(req=msg.req, code=code, message=str(exc)))
+            return
+        except LookupError as exc:
+            self._send_client(peer, p.Error(req=msg.req, code="unknown_task", message=str(exc)))
+            return
+        if not msg.force and self._reply_cached(peer, msg.req, sub.cache_key):
+            return
+        running_id = self.by_key.get(sub.cache_key)
+        if running_id is not None:
+            self._join(peer, msg.req, self.jobs[running_id])
+            return
+        self._create(peer, msg.req, sub, now)
+
+    def _reply_cached(self, peer: bytes, req: int, key: str) -> bool:
+        job_id = self.results.job_for_key(key)
+        stored = self.results.job(job_id) if job_id else None
+        if stored is None:
+            return False
+        view, result = stored
+        self.counters["cache_hits"] += 1
+        self._send_client(peer, p.Snapshot(req=req, job={**view, "cached": True}, result=result))
+        return True
+
+    def _join(self, peer: bytes, req: int, job: Job) -> None:
+        job.watchers += 1
+        self.counters["coalesced"] += 1
+        self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
+
+    def _create(self, peer: bytes, req: int, sub: Submission, now: float) -> None:
+        job = sub.to_job(self.new_id(), self._wall(now))
+        self.jobs[job.id] = job
+        self.by_key[job.cache_key] = job.id
+        self.counters["submitted"] += 1
+        self._effects.append(Journal({"op": "submit", "id": job.id, "task": job.task}))
+        self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
+        self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        logger.info("job %s queued (%s)", job.id, job.task)
+        self._publish(job, now)
+        self._dispatch(now)
+
+    def _reply_job(self, peer: bytes, req: int, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
+            return
+        stored = self.results.job(job_id)
+        if stored is None:
+            self._send_client(peer, p.Error(req=req, code="unknown_job",
+                                            message="no such job (or past its retention)"))
+            return
+        self._send_client(peer, p.Snapshot(req=req, job=stored[0], result=stored[1]))
+
+    def _cancel(self, peer: bytes, msg: p.Cancel, now: float) -> None:
+        job = self.jobs.get(msg.id)
+        if job is not None and not job.is_final:
+            worker = job.worker if job.state is State.RUNNING else None
+            if worker is not None:
+                self._send_worker(worker, p.Stop(id=job.id, attempt=job.attempts), now)
+            self._finish(job, State.CANCELLED, now, error=None)
+        self._reply_job(peer, msg.req, msg.id)
+
+    def _wait(self, peer: bytes, msg: p.Wait) -> None:
+        job = self.jobs.get(msg.id)
+        if job is None or job.is_final:
+            self._reply_job(peer, msg.req, msg.id)
+            return
+        self.waiters.setdefault(job.id, []).append((peer, msg.req))
+
+    # --- workers -------------------------------------------------------------------------
+
+    def _worker_ready(self, peer: bytes, msg: p.Ready, now: float) -> None:
+        if peer in self.workers:
+            self._worker_gone(peer, now, reason="worker re-registered", lost=False)
+        liveness = Liveness(self.heartbeat_s, last_heard=now, last_sent=now)
+        self.workers[peer] = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
+        self.defaults.learn(msg.tasks, msg.options or {})
+        self.idle.add(peer)
+        logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
+
+    def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
+        job = self._held_job(peer, msg.id, msg.attempt)
+        if job is None:
+            return
+        self._release(peer)
+        if msg.last:
+            job.done = _int(msg.last.get("done"), job.done)
+            job.total = _int(msg.last.get("total"), job.total)
+            job.message = str(msg.last.get("message", job.message))[:1000]
+        if job.total and job.done < job.total:
+            job.done = job.total
+        job.result = msg.result
+        self._finish(job, State.DONE, now, error=None)
+
+    def _worker_failed(self, peer: bytes, msg: p.Failed, now: float) -> None:
+        job = self._held_job(peer, msg.id, msg.attempt)
+        if job is None:
+            return
+        self._release(peer)
+        error = {k: str(msg.error.get(k, ""))[:MAX_ERROR_TEXT] for k in ("type", "message", "traceback")}
+        self._attempt_failed(job, error, now, retry=msg.retry, immediate=False)
+
+    def _worker_gone(self, peer: bytes, now: float, *, reason: str, lost: bool) -> None:
+        slot = self.workers.pop(peer, None)
+        self.idle.remove(peer)
+        if slot is None or slot.job_id is None:
+            return
+        job = self.jobs.get(slot.job_id)
+        if job is None or job.state is not State.RUNNING:
+            return
+        if lost:
+            self.counters["workers_lost"] += 1
+            logger.warning("job %s lost its worker %s: %s", job.id, peer.hex(), reason)
+            error = {"type": "WorkerLost", "message": reason, "traceback": ""}
+            self._attempt_failed(job, error, now, retry=True, immediate=True)
+        else:
+            self._requeue(job, now, delay_s=0.0)
+
+    def _held_job(self, peer: bytes, job_id: str, attempt: int) -> Job | None:
+        slot = self.workers.get(peer)
+        job = self.jobs.get(job_id)
+        if slot is None or slot.job_id != job_id or job is None or job.attempts != attempt:
+            self.counters["stale_messages"] += 1
+            logger.warning("job %s: dropped a result for attempt %s from %s (not its holder)",
+                           job_id, attempt, peer.hex())
+            return None
+        return job
+
+    def _release(self, peer: bytes) -> None:
+        slot = self.workers.get(peer)
+        if slot is not None:
+            slot.job_id = None
+            self.idle.add(peer)
+
+    def _attempt_failed(self, job: Job, error: dict[str, str], now: float, *,
+                        retry: bool, immediate: bool) -> None:
+        if job.is_final:
+            return  # cancelled meanwhile: the cancel already published the final state
+        max_attempts = self.defaults.max_attempts(job)
+        if retry and job.attempts < max_attempts:
+            self.counters["retried"] += 1
+            job.error = error
+            self._requeue(job, now, delay_s=0.0 if immediate else retry_delay_s(job.attempts))
+            return
+        if retry and error["type"] == "WorkerLost":
+            error = {**error, "message": f"{error['message']} (attempt {job.attempts} of {max_attempts})"}
+        self._finish(job, State.FAILED, now, error=error)
+
+    def _requeue(self, job: Job, now: float, delay_s: float) -> None:
+        job.move_to(State.QUEUED)
+        job.worker = None
+        job.run_at = self._wall(now) + delay_s
+        self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        logger.info("job %s running → queued (attempt %s)", job.id, job.attempts)
+        self._publish(job, now)
+
+    def _dispatch(self, now: float) -> None:
+        for peer in self.idle.in_order():
+            slot = self.workers[peer]
+            job_id = self.queue.pop_for(slot.tasks, self._is_queued)
+            if job_id is not None:
+                self._assign(slot, self.jobs[job_id], now)
+
+    def _is_queued(self, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.state is State.QUEUED
+
+    def _assign(self, slot: WorkerSlot, job: Job, now: float) -> None:
+        self.idle.remove(slot.peer)
+        slot.job_id = job.id
+        job.move_to(State.RUNNING)
+        job.attempts += 1
+        job.worker = slot.peer
+        job.started_at = self._wall(now)
+        job.eta_s = None
+        self.etas.pop(job.id, None)
+        assign = p.Assign(id=job.id, task=job.task, attempt=job.attempts, args=job.args,
+                          timeout_s=job.timeout_s)
+        self._send_worker(slot.peer, assign, now)
+        logger.info("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
+        self._publish(job, now)
+
+    # --- final states ------------------------------------------------------------------------
+
+    def _finish(self, job: Job, state: State, now: float, error: dict[str, str] | None) -> None:
+        job.move_to(state)
+        job.error = error
+        job.finished_at = self._wall(now)
+        job.eta_s = 0.0 if state is State.DONE else None
+        self.counters[str(state)] += 1
+        if self.by_key.get(job.cache_key) == job.id:
+            del self.by_key[job.cache_key]
+        self.etas.pop(job.id, None)
+        view = job.view(self.epoch)
+        ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
+        self._effects.append(StoreResult(
+            job.id, view, job.result, retention_s(ttl_s), job.cache_key if ttl_s > 0 else None, ttl_s,
+        ))
+        logger.info("job %s → %s", job.id, state)
+        self._publish(job, now)
+        for peer, req in self.waiters.pop(job.id, []):
+            self._send_client(peer, p.Snapshot(req=req, job=view, result=job.result))
+        self._remember_finished(job.id)
+
+    def _remember_finished(self, job_id: str) -> None:
+        self.finished[job_id] = None
+        while len(self.finished) > MAX_JOBS_IN_MEMORY:
+            old_id, _ = self.finished.popitem(last=False)
+            self.jobs.pop(old_id, None)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _event(self, job: Job, now: float) -> p.Event:
+        return p.Event(id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state),
+                       done=job.done, total=job.total, message=job.message, eta_s=job.eta_s,
+                       ts=round(self._wall(now), 3), attempts=job.attempts, error=job.error)
+
+    def _publish(self, job: Job, now: float) -> None:
+        job.seq += 1
+        self._effects.append(Publish(p.encode(self._event(job, now))))
+
+    def _send_client(self, peer: bytes, msg: p.Message) -> None:
+        self._effects.append(SendClient(peer, p.encode(msg)))
+
+    def _send_worker(self, peer: bytes, msg: p.Message, now: float) -> None:
+        slot = self.workers.get(peer)
+        if slot is not None:
+            slot.liveness.on_sent(now)
+        self._effects.append(SendWorker(peer, p.encode(msg)))
+
+    def _invalid(self, peer: bytes, exc: ProtocolError, *, to_worker: bool) -> None:
+        self.counters["invalid_messages"] += 1
+        logger.warning("invalid message from %s: %s", peer.hex(), exc)
+        error = p.encode(p.Error(code="protocol", message=str(exc)))
+        self._effects.append(SendWorker(peer, error) if to_worker else SendClient(peer, error))
+
+    def _silence(self, slot: WorkerSlot) -> str:
+        silent_s = self.heartbeat_s * slot.liveness.liveness
+        return f"worker {slot.pid or '?'} on {slot.host or '?'} missed heartbeats for {silent_s:g} s"
+
+    def _wall(self, now: float) -> float:
+        return now + self.wall_offset_s
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default

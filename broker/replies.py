@@ -1,0 +1,67 @@
+"""Building client requests and reading the broker's replies (pure, shared by both clients)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broker import protocol as p
+from broker.errors import JobCancelled, JobFailed, ProtocolError, error_for_code
+from broker.jobs import canonical_args
+
+
+def submit_message(req: int, task: str, args: dict[str, Any] | None, *, ttl: float | None,
+                   force: bool, priority: str, delay: float, run_at: float | None, scope: str,
+                   max_attempts: int | None, timeout: float | None) -> p.Submit:
+    """A ``Submit`` with canonical args; bad args raise before anything is sent."""
+    return p.Submit(
+        req=req, task=task, args=canonical_args({} if args is None else args),
+        ttl_s=None if ttl is None else float(ttl), force=force, priority=priority,
+        delay_s=float(delay), run_at=run_at, scope=scope, max_attempts=max_attempts,
+        timeout_s=None if timeout is None else float(timeout),
+    )  # fmt: skip
+
+
+def job_view(reply: p.Message) -> dict[str, Any]:
+    """The job dict from a reply (with ``result`` decoded when present).
+
+    Raises:
+        JobcastError: the broker answered with an error (UnknownJob, UnknownTask, …).
+    """
+    if isinstance(reply, p.Error):
+        raise error_for_code(reply.code, reply.message)
+    if not isinstance(reply, p.Snapshot):
+        raise ProtocolError(f"expected a job snapshot, got {type(reply).__name__}")
+    view = dict(reply.job)
+    if reply.result is not None:
+        view["result"] = json.loads(reply.result)
+    return view
+
+
+def final_result(view: dict[str, Any]) -> Any:
+    """The result of a finished job, or the exception its final state means."""
+    match view["state"]:
+        case "done":
+            return view.get("result")
+        case "failed":
+            raise JobFailed(view["id"], view.get("error") or {})
+        case "cancelled":
+            raise JobCancelled(view["id"])
+    raise ValueError(f"job {view['id']} is not finished ({view['state']})")
+
+
+def event_view(event: p.Event) -> dict[str, Any]:
+    """An event as the dict users and browsers see."""
+    view: dict[str, Any] = {
+        "id": event.id, "seq": event.seq, "epoch": event.epoch, "state": event.state,
+        "done": event.done, "total": event.total, "message": event.message,
+        "eta_s": event.eta_s, "ts": event.ts, "attempts": event.attempts,
+    }  # fmt: skip
+    if event.error is not None:
+        view["error"] = event.error
+    if event.extra:
+        view.update(event.extra)
+    return view
+
+
+FINAL = frozenset({"done", "failed", "cancelled"})

@@ -1,0 +1,228 @@
+"""The broker's I/O shell: four sockets, one Poller loop, effects applied in order.
+
+This is the only broker module that touches zmq. Everything it receives is fed to the
+pure ``BrokerProtocol``; everything it sends comes out of it as effects. Durable effects
+(results, journal) are applied before the replies of the same iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import zmq
+
+from broker import protocol as p
+from broker.addresses import Endpoints, endpoints, ipc_directory
+from broker.core import BrokerProtocol
+from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
+from broker.liveness import heartbeat_interval_s
+from broker.results import ResultStore, prepare_data_dir
+
+logger = logging.getLogger(__name__)
+
+DRAIN_LIMIT: Final = 100  # messages taken from one socket per loop turn: no peer starves others
+MAX_POLL_MS: Final = 1000
+HWM: Final = 100_000
+LINGER_MS: Final = 500
+
+
+class BrokerServer:
+    """Binds the broker's sockets and runs the loop until stopped by a signal."""
+
+    def __init__(self, base_url: str, data_dir: str) -> None:
+        check_loopback(base_url)
+        self.base_url = base_url
+        self.endpoints: Endpoints = endpoints(base_url)
+        self.data_dir = prepare_data_dir(data_dir)
+        self.results = ResultStore(self.data_dir)
+        self.epoch = next_epoch(self.data_dir)
+        self.core = BrokerProtocol(
+            self.results, epoch=self.epoch, heartbeat_s=heartbeat_interval_s(),
+            wall_offset_s=time.time() - time.monotonic(),
+        )  # fmt: skip
+        self.stopping = 0
+        self.context = zmq.Context()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._bind()
+
+    def _bind(self) -> None:
+        directory = ipc_directory(self.base_url)
+        if directory is not None:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        ctx, ep = self.context, self.endpoints
+        self.clients = _socket(ctx, zmq.ROUTER, ep.clients, p.MAX_ARGS_BYTES + p.MAX_HEADER_BYTES)
+        self.workers = _socket(ctx, zmq.ROUTER, ep.workers, p.MAX_RESULT_BYTES + p.MAX_HEADER_BYTES)
+        self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.events_in = _socket(ctx, zmq.XSUB, ep.events_in, p.MAX_HEADER_BYTES)
+        self.events_in.send(b"\x01")  # the broker sees every event: it stamps seq on each
+        self.events_out = _socket(ctx, zmq.XPUB, ep.events_out, 1024)
+        self.events_out.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.poller = zmq.Poller()
+        for sock in (self.clients, self.workers, self.events_in, self.events_out):
+            self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+
+    def ready_line(self) -> str:
+        """The one line printed once the broker serves: its real addresses."""
+        ep = self.endpoints
+        info = {"clients": ep.clients, "workers": ep.workers, "events_in": ep.events_in,
+                "events_out": ep.events_out, "data": self.data_dir, "epoch": self.epoch}
+        return f"jobcast broker ready {json.dumps(info)}"
+
+    def run(self, on_ready: Callable[[str], None]) -> int:
+        """Serve until SIGINT/SIGTERM; return the exit code."""
+        with self._signals():
+            on_ready(self.ready_line())
+            while not self.stopping:
+                self._turn()
+        self.close()
+        return 0
+
+    def _turn(self) -> None:
+        ready = dict(self.poller.poll(self._timeout_ms()))
+        now = time.monotonic()
+        core = self.core
+        if self.clients in ready:
+            for frames in _drain(self.clients):
+                core.receive_client(frames[0], frames[1:], now)
+        if self.workers in ready:
+            for frames in _drain(self.workers):
+                core.receive_worker(frames[0], frames[1:], now)
+        if self.events_in in ready:
+            for frames in _drain(self.events_in):
+                core.receive_event(frames, now)
+        if self.events_out in ready:
+            self._subscriptions(now)
+        if self._wake_r.fileno() in ready:
+            self._wake_r.recv(64)
+        core.tick(now)
+        self.apply(core.effects_to_apply())
+
+    def _subscriptions(self, now: float) -> None:
+        for frames in _drain(self.events_out):
+            if frames[0][:1] == b"\x01" and len(frames[0]) > 1:
+                self.core.receive_subscription(frames[0][1:], now)
+
+    def _timeout_ms(self) -> int:
+        wait_s = min(self.core.next_deadline() - time.monotonic(), MAX_POLL_MS / 1000)
+        return max(0, int(wait_s * 1000) + 1)
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out effects: durable ones first, then sends and publishes in order."""
+        stores = [e for e in effects if isinstance(e, StoreResult)]
+        if stores:
+            self.results.store_many(stores)
+        for effect in effects:
+            match effect:
+                case SendClient(to, frames):
+                    _send(self.clients, [to, *frames])
+                case SendWorker(to, frames):
+                    self._send_worker(to, frames)
+                case Publish(frames):
+                    _send(self.events_out, frames)
+                case StoreResult() | Journal():
+                    pass
+
+    def _send_worker(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            self.workers.send_multipart([peer, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.warning("worker %s unreachable (%s)", peer.hex(), exc.strerror)
+            self.core.worker_unreachable(peer, time.monotonic())
+            self.apply(self.core.effects_to_apply())
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(previous_fd)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping += 1  # only a flag: the loop notices on its next turn
+
+    def close(self) -> None:
+        """Close sockets, the context and the result store."""
+        for sock in (self.clients, self.workers, self.events_in, self.events_out):
+            sock.close(linger=LINGER_MS)
+        self.context.term()
+        self.results.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str,
+            max_frame: int) -> zmq.Socket[bytes]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    sock.bind(endpoint)
+    return sock
+
+
+def _drain(sock: zmq.Socket[bytes]) -> Iterator[list[bytes]]:
+    for _ in range(DRAIN_LIMIT):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        logger.warning("dropped a message: peer at its high-water mark")
+
+
+def next_epoch(data_dir: str) -> int:
+    """Increment and return the broker incarnation number kept in the data dir."""
+    path = os.path.join(data_dir, "epoch")
+    try:
+        with open(path) as f:
+            epoch = int(f.read().strip() or 0) + 1
+    except FileNotFoundError:
+        epoch = 1
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(epoch))
+    os.replace(tmp, path)
+    return epoch
+
+
+def check_loopback(base_url: str) -> None:
+    """Refuse to bind anything but loopback (remote workers need CURVE, not yet built).
+
+    Raises:
+        ValueError: the tcp host is not a loopback address.
+    """
+    if not base_url.startswith("tcp://"):
+        return
+    host = base_url.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"refusing to bind {host}: the broker binds loopback only unless CURVE keys are given"
+        )
