@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -12,6 +13,7 @@ import zmq.asyncio
 
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
+from broker.errors import ProtocolError
 from broker.replies import FINAL, event_view, final_result, job_view, submit_message
 
 DEFAULT_TIMEOUT_S: Final = 30.0
@@ -136,7 +138,7 @@ class AsyncClient:
             frames = await self.socket.recv_multipart()
             try:
                 reply = p.decode(frames)
-            except p.ProtocolError:
+            except ProtocolError:
                 continue
             future = self._pending.get(getattr(reply, "req", 0))
             if future is not None and not future.done():
@@ -146,10 +148,8 @@ class AsyncClient:
         """Stop the reply reader and close the socket (and the context, if ours)."""
         if self._reader is not None:
             self._reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
         self.close()
 
     def close(self) -> None:

@@ -38,11 +38,11 @@ def _delegate(command: str, argv: list[str]) -> int:
     if command == "worker":
         from workers.pool import main as worker_main
 
-        return worker_main(argv)
+        return int(worker_main(argv))
     if command == "web":
         from web.server import main as web_main
 
-        return web_main(argv)
+        return int(web_main(argv))
     from broker.supervisor import main as up_main
 
     return up_main(argv)

@@ -62,13 +62,12 @@ class Command(bytes, Enum):
     EVENT = b"EVENT"
 
 
-_message = dataclass(frozen=True, slots=True, kw_only=True)
 
 
 # --- client ↔ broker ---------------------------------------------------------------
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Submit:
     """Queue a job (or join the running one with the same cache key)."""
 
@@ -85,7 +84,7 @@ class Submit:
     timeout_s: float | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
     """Ask for a job's snapshot."""
 
@@ -93,7 +92,7 @@ class Status:
     id: str
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel:
     """Cancel a job: drop it if queued, stop it if running."""
 
@@ -101,7 +100,7 @@ class Cancel:
     id: str
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Wait:
     """Reply with the job's snapshot once it reaches a final state."""
 
@@ -109,14 +108,14 @@ class Wait:
     id: str
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
     """Ask for queue, worker and counter figures."""
 
     req: int
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """A job's current state; ``result`` is its JSON result bytes once done."""
 
@@ -125,7 +124,7 @@ class Snapshot:
     result: bytes | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Counters:
     """The broker's figures, in reply to ``Stats``."""
 
@@ -133,7 +132,7 @@ class Counters:
     stats: dict[str, Any]
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Error:
     """A refused request: ``code`` for machines, ``message`` for people."""
 
@@ -145,7 +144,7 @@ class Error:
 # --- worker ↔ broker ---------------------------------------------------------------
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ready:
     """A worker slot announces itself and the tasks it can run.
 
@@ -158,12 +157,12 @@ class Ready:
     host: str = ""
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat:
     """Proof of life, sent when nothing else was sent for an interval."""
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Assign:
     """The broker hands a job attempt to an idle worker."""
 
@@ -174,7 +173,7 @@ class Assign:
     timeout_s: float | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Done:
     """An attempt finished; ``result`` is its JSON result bytes.
 
@@ -188,7 +187,7 @@ class Done:
     last: dict[str, Any] | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failed:
     """An attempt failed; ``error`` has ``type``, ``message`` and ``traceback``."""
 
@@ -198,7 +197,7 @@ class Failed:
     retry: bool = True
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Stop:
     """The broker asks a worker to stop an attempt (cancel)."""
 
@@ -206,7 +205,7 @@ class Stop:
     attempt: int
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Bye:
     """The peer is going away (warm shutdown)."""
 
@@ -214,7 +213,7 @@ class Bye:
 # --- published events ----------------------------------------------------------------
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Progress:
     """A worker's progress report for one attempt, published with topic = job id."""
 
@@ -225,7 +224,7 @@ class Progress:
     message: str = ""
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """A job event stamped by the broker, published with topic = job id."""
 

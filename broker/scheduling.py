@@ -40,7 +40,7 @@ class JobQueue:
 
     def next_due(self) -> float | None:
         """Wall-clock time of the earliest delayed job, if any."""
-        return self._delayed[0][0] if self._delayed else None
+        return float(self._delayed[0][0]) if self._delayed else None
 
     def pop_for(self, tasks: Iterable[str], is_live: Callable[[str], bool]) -> str | None:
         """Take the best ready job among ``tasks``: highest priority, then oldest.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -46,8 +47,9 @@ class ReadyProcess:
         self.stderr_lines: list[str] = []
         self._lines: queue.Queue[str] = queue.Queue()
         self._readers = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines, True), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines, False), daemon=True),
+            threading.Thread(target=self._pump, args=(stream, sink, is_out), daemon=True)
+            for stream, sink, is_out in ((self.proc.stdout, self.stdout_lines, True),
+                                         (self.proc.stderr, self.stderr_lines, False))
         ]
         for reader in self._readers:
             reader.start()
@@ -92,14 +94,10 @@ class ReadyProcess:
         """Terminate, then kill the whole process group, then wait."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait(timeout=timeout_s)
         for reader in self._readers:
             reader.join(timeout=2)

@@ -1,0 +1,167 @@
+"""End to end on real processes: a broker, worker pools, clients over ipc://."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import zmq
+from helpers import ReadyProcess, children_of, pid_alive, wait_for
+
+from broker import protocol as p
+from broker.client import Client
+from broker.errors import JobFailed, UnknownJob, UnknownTask
+
+
+def ledger_lines(path: str) -> list[list[str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as ledger:
+        return [line.split() for line in ledger if line.strip()]
+
+
+def test_submit_progress_events_then_result(client: Client,
+                                            start_workers: Callable[..., ReadyProcess]) -> None:
+    start_workers(1)
+    job = client.submit("progress_n", {"n": 50_000})
+    events = list(job.events())
+    seqs = [event["seq"] for event in events]
+    assert seqs == sorted(set(seqs)), "seq strictly increasing, no duplicates"
+    assert events[-1]["state"] == "done"
+    assert all(event["state"] != "done" for event in events[:-1])
+    assert events[-1]["done"] == events[-1]["total"] == 50_000
+    assert job.result(timeout=10) == 50_000
+    assert client.status(job.id)["attempts"] == 1
+
+
+def test_map_200_jobs_over_4_slots_in_order(client: Client,
+                                            start_workers: Callable[..., ReadyProcess]) -> None:
+    start_workers(4)
+    results = client.map("echo", [{"i": i} for i in range(200)], timeout=60)
+    assert results == [{"i": i} for i in range(200)]
+
+
+def test_killed_child_mid_job_is_requeued_and_done_on_attempt_2(
+    client: Client, start_workers: Callable[..., ReadyProcess], tmpdir_short: str
+) -> None:
+    start_workers(2)
+    ledger = os.path.join(tmpdir_short, "ledger")
+    job = client.submit("ledger", {"path": ledger, "seconds": 1.0})
+    first = wait_for(lambda: ledger_lines(ledger), timeout_s=10)[0]
+    assert first[0] == job.id and first[3] == "start"
+    os.kill(int(first[2]), signal.SIGKILL)
+    assert job.result(timeout=20) is not None
+    status = client.status(job.id)
+    assert status["state"] == "done" and status["attempts"] == 2
+    ends = [line for line in ledger_lines(ledger) if line[3] == "end"]
+    assert len(ends) == 1 and ends[0][1] == "2"
+
+
+def test_killed_slot_is_detected_by_heartbeats(
+    client: Client, start_workers: Callable[..., ReadyProcess], tmpdir_short: str
+) -> None:
+    pool = start_workers(1)
+    start_workers(1)
+    ledger = os.path.join(tmpdir_short, "ledger")
+    job = client.submit("ledger", {"path": ledger, "seconds": 1.0})
+    child_pid = int(wait_for(lambda: ledger_lines(ledger), timeout_s=10)[0][2])
+    with open(f"/proc/{child_pid}/stat") as stat:
+        agent_pid = int(stat.read().split(") ", 1)[1].split()[1])
+    os.kill(agent_pid, signal.SIGKILL)
+    os.kill(child_pid, signal.SIGKILL)
+    job.result(timeout=20)
+    assert client.status(job.id)["attempts"] == 2
+    assert pool.proc.poll() is None, "the pool survives the loss of one slot"
+
+
+def test_failure_is_reported_with_its_error(client: Client,
+                                            start_workers: Callable[..., ReadyProcess]) -> None:
+    start_workers(1)
+    job = client.submit("fail", {})
+    with pytest.raises(JobFailed) as caught:
+        job.result(timeout=10)
+    assert caught.value.error["type"] == "ValueError"
+    assert "boom" in caught.value.error["message"]
+    assert "Traceback" in caught.value.error["traceback"]
+
+
+def test_unknown_task_is_refused_and_next_job_runs(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
+    start_workers(1)
+    wait_for(lambda: client.stats()["workers"] >= 1, timeout_s=10)
+    with pytest.raises(UnknownTask, match="no worker offers task 'nope'"):
+        client.submit("nope", {})
+    assert client.submit("echo", {"ok": 1}).result(timeout=10) == {"ok": 1}
+
+
+def test_unknown_and_malformed_job_ids_are_unknown(client: Client) -> None:
+    for job_id in ("A" * 22, "not-an-id", "", "x" * 500):
+        with pytest.raises(UnknownJob):
+            client.status(job_id)
+
+
+def test_malformed_frames_get_an_error_and_change_nothing(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
+    start_workers(1)
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(client.endpoints.clients)
+    try:
+        junk = [[b"junk"], [p.TAG, b"NOPE", b"{}"], [p.TAG, b"SUBMIT", b"not json"],
+                [p.TAG, b"SUBMIT", b'{"req": "x"}', b"{}"], [b"x"] * 9]
+        for frames in junk:
+            raw.send_multipart(frames)
+            assert raw.poll(5000), f"no reply to {frames!r}"
+            reply = p.decode(raw.recv_multipart())
+            assert isinstance(reply, p.Error) and reply.code == "protocol"
+    finally:
+        raw.close()
+        ctx.term()
+    assert client.stats()["invalid_messages"] == 5
+    assert client.submit("echo", {"after": "junk"}).result(timeout=10) == {"after": "junk"}
+
+
+def test_client_that_vanishes_while_waiting_leaves_broker_healthy(
+    client: Client, start_workers: Callable[..., ReadyProcess], base_url: str,
+    part_env: dict[str, str],
+) -> None:
+    start_workers(1)
+    code = (
+        "import sys; from broker.client import Client\n"
+        "c = Client(sys.argv[1]); j = c.submit('slow', {'seconds': 1.0})\n"
+        "print(j.id, flush=True); j.result(timeout=30)\n"
+    )
+    waiter = subprocess.Popen([sys.executable, "-c", code, base_url], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, **part_env})
+    try:
+        assert waiter.stdout is not None
+        job_id = waiter.stdout.readline().strip()
+        waiter.kill()
+    finally:
+        waiter.wait(timeout=10)
+    assert client.result(job_id, timeout=20) is not None
+    assert client.submit("echo", {"still": "fine"}).result(timeout=10) == {"still": "fine"}
+
+
+def test_cancel_queued_job(client: Client) -> None:
+    job = client.submit("echo", {"never": "run"})  # no workers: it stays queued
+    assert client.cancel(job.id)["state"] == "cancelled"
+    assert client.status(job.id)["state"] == "cancelled"
+
+
+def test_pool_stops_cleanly_without_orphans(start_workers: Callable[..., ReadyProcess],
+                                            client: Client) -> None:
+    pool = start_workers(2)
+    wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
+    descendants = children_of(pool.pid)
+    assert len(descendants) >= 4, "two agents, each with a long-lived child"
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(timeout_s=15) == 0
+    wait_for(lambda: not any(pid_alive(pid) for pid in descendants), timeout_s=10)
