@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 from broker import protocol as p
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.errors import BadArguments, ProtocolError
-from broker.jobs import Job, State
+from broker.jobs import Job, State, job_from_record, job_record
 from broker.lifecycle import TaskDefaults, WorkerSlot, retention_s
 from broker.liveness import Liveness
 from broker.progress import EtaEstimator
@@ -226,12 +226,29 @@ class BrokerProtocol:
         self.jobs[job.id] = job
         self.by_key[job.cache_key] = job.id
         self.counters["submitted"] += 1
-        self._effects.append(Journal({"op": "submit", "id": job.id, "task": job.task}))
+        self._journal(job)
         self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
         logger.info("job %s queued (%s)", job.id, job.task)
         self._publish(job, now)
         self._dispatch(now)
+
+    def restore(self, records: list[dict[str, Any]], now: float) -> None:
+        """Load live jobs replayed from the journal; those that were running are re-queued."""
+        for record in records:
+            job = job_from_record(record)
+            if job.state is State.RUNNING:
+                job.state = State.QUEUED
+                logger.info("job %s re-queued after a broker restart (attempt %s)", job.id, job.attempts)
+            if job.is_final:
+                continue
+            job.seq += 1  # the restart is an event: watchers see a newer seq and the new epoch
+            self.jobs[job.id] = job
+            self.by_key.setdefault(job.cache_key, job.id)
+            self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+
+    def _journal(self, job: Job) -> None:
+        self._effects.append(Journal({"op": "put", "job": job_record(job)}))
 
     def _reply_job(self, peer: bytes, req: int, job_id: str) -> None:
         job = self.jobs.get(job_id)
@@ -345,6 +362,7 @@ class BrokerProtocol:
         job.worker = None
         job.run_at = self._wall(now) + delay_s
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self._journal(job)
         logger.info("job %s running → queued (attempt %s)", job.id, job.attempts)
         self._publish(job, now)
 
@@ -368,6 +386,7 @@ class BrokerProtocol:
         job.started_at = self._wall(now)
         job.eta_s = None
         self.etas.pop(job.id, None)
+        self._journal(job)
         assign = p.Assign(id=job.id, task=job.task, attempt=job.attempts, args=job.args,
                           timeout_s=job.timeout_s)
         self._send_worker(slot.peer, assign, now)
@@ -385,6 +404,7 @@ class BrokerProtocol:
         if self.by_key.get(job.cache_key) == job.id:
             del self.by_key[job.cache_key]
         self.etas.pop(job.id, None)
+        self._effects.append(Journal({"op": "end", "id": job.id}))
         view = job.view(self.epoch)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
         self._effects.append(StoreResult(

@@ -194,3 +194,25 @@ def check_task_name(task: str) -> None:
     """Reject empty, overlong or non-printable task names."""
     if not task or len(task) > MAX_TASK_NAME or not task.isprintable():
         raise BadArguments(f"task name must be 1..{MAX_TASK_NAME} printable characters")
+
+
+_RECORD_FIELDS: Final = (
+    "id", "task", "cache_key", "created_at", "ttl_s", "priority", "run_at", "max_attempts",
+    "timeout_s", "scope", "state", "attempts", "done", "total", "message", "seq",
+    "started_at", "watchers", "error",
+)  # fmt: skip
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """A live job as a JSON-ready journal record (args as text, no result)."""
+    record = {name: getattr(job, name) for name in _RECORD_FIELDS}
+    record["state"] = str(job.state)
+    record["args"] = job.args.decode("utf-8")
+    return record
+
+
+def job_from_record(record: dict[str, Any]) -> Job:
+    """Rebuild a live job from its journal record."""
+    values = {name: record[name] for name in _RECORD_FIELDS if name in record}
+    values["state"] = State(values.get("state", "queued"))
+    return Job(args=record["args"].encode("utf-8"), **values)

@@ -25,6 +25,7 @@ from broker.addresses import Endpoints, endpoints, ipc_directory
 from broker.core import BrokerProtocol
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.liveness import heartbeat_interval_s
+from broker.journal import JobJournal
 from broker.results import ResultStore, prepare_data_dir
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,14 @@ class BrokerServer:
         self.base_url = base_url
         self.endpoints: Endpoints = endpoints(base_url)
         self.data_dir = prepare_data_dir(data_dir)
+        self.journal = JobJournal(self.data_dir)
         self.results = ResultStore(self.data_dir)
         self.epoch = next_epoch(self.data_dir)
         self.core = BrokerProtocol(
             self.results, epoch=self.epoch, heartbeat_s=heartbeat_interval_s(),
             wall_offset_s=time.time() - time.monotonic(),
         )  # fmt: skip
+        self.core.restore(self.journal.replay(), time.monotonic())
         self.stopping = 0
         self.context = zmq.Context()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -121,6 +124,9 @@ class BrokerServer:
         stores = [e for e in effects if isinstance(e, StoreResult)]
         if stores:
             self.results.store_many(stores)
+        records = [e.record for e in effects if isinstance(e, Journal)]
+        if records:
+            self.journal.apply(records)
         for effect in effects:
             match effect:
                 case SendClient(to, frames):
@@ -162,6 +168,7 @@ class BrokerServer:
             sock.close(linger=LINGER_MS)
         self.context.term()
         self.results.close()
+        self.journal.close()
         self._wake_r.close()
         self._wake_w.close()
 

@@ -101,6 +101,9 @@ class ReadyProcess:
         self.proc.wait(timeout=timeout_s)
         for reader in self._readers:
             reader.join(timeout=2)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         return self.proc.returncode
 
 

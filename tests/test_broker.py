@@ -138,14 +138,11 @@ def test_client_that_vanishes_while_waiting_leaves_broker_healthy(
         "c = Client(sys.argv[1]); j = c.submit('slow', {'seconds': 1.0})\n"
         "print(j.id, flush=True); j.result(timeout=30)\n"
     )
-    waiter = subprocess.Popen([sys.executable, "-c", code, base_url], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, **part_env})
-    try:
+    with subprocess.Popen([sys.executable, "-c", code, base_url], stdout=subprocess.PIPE,
+                          text=True, env={**os.environ, **part_env}) as waiter:
         assert waiter.stdout is not None
         job_id = waiter.stdout.readline().strip()
         waiter.kill()
-    finally:
-        waiter.wait(timeout=10)
     assert client.result(job_id, timeout=20) is not None
     assert client.submit("echo", {"still": "fine"}).result(timeout=10) == {"still": "fine"}
 
@@ -165,3 +162,19 @@ def test_pool_stops_cleanly_without_orphans(start_workers: Callable[..., ReadyPr
     pool.signal(signal.SIGTERM)
     assert pool.wait(timeout_s=15) == 0
     wait_for(lambda: not any(pid_alive(pid) for pid in descendants), timeout_s=10)
+
+
+def test_broker_killed_and_restarted_keeps_acknowledged_jobs(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    base_url: str,
+) -> None:
+    first = start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        ids = [client.submit("echo", {"i": i}).id for i in range(20)]
+    first.signal(signal.SIGKILL)
+    first.wait(timeout_s=10)
+    second = start_broker()
+    assert '"epoch": 2' in second.ready_line
+    start_workers(2)
+    with Client(base_url, timeout_s=10) as client:
+        assert [client.result(job_id, timeout=20) for job_id in ids] == [{"i": i} for i in range(20)]
