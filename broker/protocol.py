@@ -375,6 +375,8 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Message:
     for name, value in values.items():
         if not _matches(value, hints[name]):
             raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
+        if _has_lone_surrogate(value):
+            raise ProtocolError(f"{cls.__name__}.{name}: lone surrogate in a string")
     try:
         return cls(**values)  # type: ignore[no-any-return]
     except TypeError as exc:
@@ -404,3 +406,21 @@ def _matches(value: Any, hint: Any) -> bool:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
     return isinstance(value, origin)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    # JSON's "\ud800" escape yields a str that cannot be encoded again (ids become topics,
+    # scopes feed the cache key), so refuse it here rather than crash later.
+    if isinstance(value, str):
+        return not value.isascii() and _unencodable(value)
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
