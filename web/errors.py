@@ -1,0 +1,78 @@
+"""HTTP errors as ``{"error": ...}`` JSON with a 4xx status, never a 500 for bad input."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ExceptionHandler
+
+from broker.errors import (
+    BadArguments,
+    BrokerError,
+    PayloadTooLarge,
+    ProtocolError,
+    UnknownJob,
+    UnknownTask,
+)
+
+logger = logging.getLogger(__name__)
+
+NO_SUCH_JOB: Final = "no such job"
+
+
+class ApiError(Exception):
+    """A request the server refuses: ``status`` (4xx) and a message for people."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """The one error shape: ``{"error": message}``."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)  # registered for ApiError only
+    return error_response(exc.status, exc.message)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail)
+
+
+def _status_handler(status: int, fixed_message: str | None = None) -> ExceptionHandler:
+    async def handle(request: Request, exc: Exception) -> Response:
+        if status >= 500:
+            logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(status, fixed_message or str(exc))
+
+    return handle
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error")
+
+
+def exception_handlers() -> dict[int | type[Exception], ExceptionHandler]:
+    """Starlette exception handlers mapping every known failure to its status."""
+    return {
+        ApiError: _api_error,
+        HTTPException: _http_exception,
+        UnknownJob: _status_handler(404, NO_SUCH_JOB),  # same shape for unknown and expired
+        PayloadTooLarge: _status_handler(413),
+        BadArguments: _status_handler(400),
+        UnknownTask: _status_handler(400),
+        ProtocolError: _status_handler(502),
+        BrokerError: _status_handler(502),
+        TimeoutError: _status_handler(503, "the broker did not answer in time"),
+        Exception: _unexpected,
+    }

@@ -1,0 +1,146 @@
+"""``WS /api/jobs/{id}/events?after=SEQ``: a job's snapshot, then its events, then close.
+
+Order of checks, all before ``accept()`` (a refusal is an HTTP response, not a socket):
+``Origin`` (CORS does not cover WebSockets) → 403; ``after`` → 400; the id's shape and its
+existence → 404. Only then does the relay subscribe (ZeroMQ subscriptions are prefix
+matches, so an unchecked id could watch other jobs). The join is the Clone pattern:
+subscribe, fetch the snapshot, drop buffered events it already covers.
+
+Each connection runs its own sender (queue → socket, with a send timeout) and receiver
+(which only notices the browser leaving); a stalled browser only stalls itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from broker.errors import UnknownJob
+from broker.jobs import is_job_id
+from web.errors import NO_SUCH_JOB, error_response
+from web.relay import Cursor, Watch, clone_join, is_final, snapshot_message
+from web.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_AFTER: Final = 2**53
+
+
+def parse_after(raw: str | None) -> int | None:
+    """The ``after`` query value: a non-negative integer, or None when absent.
+
+    Raises:
+        ValueError: anything else (``-1``, ``1e309``, ``abc``, 20 digits).
+    """
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > MAX_AFTER:
+        raise ValueError(f"after must be a non-negative integer (got {raw[:32]!r})")
+    return int(raw)
+
+
+async def deny(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse the upgrade with an HTTP error (403 when the server cannot send a body)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(status, message))
+    else:
+        await websocket.close(code=1008)
+
+
+async def job_events(websocket: WebSocket) -> None:
+    """Stream one job's progress to a browser."""
+    settings: Settings = websocket.state.settings
+    client = websocket.state.client
+    if not settings.origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host")):
+        return await deny(websocket, 403, "origin not allowed")
+    job_id = str(websocket.path_params["job_id"])
+    try:
+        after = parse_after(websocket.query_params.get("after"))
+    except ValueError as exc:
+        return await deny(websocket, 400, str(exc))
+    try:
+        if not is_job_id(job_id):
+            raise UnknownJob(job_id)
+        await client.status(job_id)  # exists: only now may the relay subscribe
+        async with websocket.state.relay.watch(job_id) as watch:
+            snapshot = snapshot_message(await client.status(job_id))
+            await websocket.accept()
+            await _stream(websocket, watch, snapshot, after)
+    except UnknownJob:
+        if websocket.client_state.name == "CONNECTING":
+            await deny(websocket, 404, NO_SUCH_JOB)
+
+
+async def _stream(
+    websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None
+) -> None:
+    """Send the join messages, then the live stream; both tasks end together."""
+    sender = asyncio.create_task(_send_all(websocket, watch, snapshot, after))
+    receiver = asyncio.create_task(_receive_until_gone(websocket))
+    done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, WebSocketDisconnect | OSError | TimeoutError):
+                logger.warning("job %s: stream ended: %r", watch.job_id, exc)
+
+
+async def _send_all(
+    websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None
+) -> None:
+    settings: Settings = websocket.state.settings
+    joined = clone_join(snapshot, watch.drain(), after)
+    cursor = Cursor.after_join(snapshot, joined, after)
+    for message in joined:
+        await _send(websocket, message, settings.send_timeout_s)
+    if any(is_final(message) for message in joined):
+        return await websocket.close(code=1000)
+    while True:
+        update = await _next_message(websocket, watch, settings.resync_s)
+        if not cursor.admit(update):
+            continue
+        await _send(websocket, update, settings.send_timeout_s)
+        if is_final(update):
+            return await websocket.close(code=1000)
+
+
+async def _next_message(
+    websocket: WebSocket, watch: Watch, resync_s: float
+) -> dict[str, Any]:
+    """The next queued event; a fresh snapshot after a seq gap or a quiet spell.
+
+    PUB drops under load, so a final state must never depend on a PUB message arriving.
+    """
+    if not watch.needs_resync:
+        try:
+            return await asyncio.wait_for(watch.get(), resync_s)
+        except TimeoutError:
+            pass
+    watch.needs_resync = False
+    try:
+        return snapshot_message(await websocket.state.client.status(watch.job_id))
+    except UnknownJob:
+        await websocket.close(code=1008, reason="job expired")
+        raise
+
+
+async def _send(websocket: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
+    await asyncio.wait_for(websocket.send_json(message), timeout_s)
+
+
+async def _receive_until_gone(websocket: WebSocket) -> None:
+    """Read (and ignore) what the browser sends, until it disconnects."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+routes: Final = [WebSocketRoute("/api/jobs/{job_id}/events", job_events)]

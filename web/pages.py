@@ -1,0 +1,128 @@
+"""HTML pages: ``/`` (demo), ``/jobs/{id}`` (progress) and ``/reports/{task}`` (seed flow).
+
+``/reports/{task}?k=v`` renders a fresh cached result at once; otherwise it submits the job
+(coalesced with an identical running one) and sends the browser (303) to the progress page,
+which returns to ``next`` — now a cache hit — when the job is done. ``next`` is only ever a
+same-origin relative path (no open redirect).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from broker.errors import UnknownTask
+from broker.jobs import canonical_args, check_task_name
+from web.api import job_id_param
+from web.errors import ApiError
+from web.render import Markup, escape, render, render_result
+from web.settings import Settings
+
+INT_PATTERN: Final = re.compile(r"0|-?[1-9][0-9]{0,14}")
+MAX_NEXT_CHARS: Final = 2048
+DEMO_FEEDS: Final = ("python.xml", "jobcast-atom.xml", "tricky.xml")
+ROBOTS: Final = "User-agent: *\nDisallow: /jobs/\nDisallow: /api/\nDisallow: /reports/\n"
+
+
+def safe_next(value: str | None) -> str:
+    """``value`` if it is a same-origin relative path (``/x``, not ``//x`` or ``/\\x``), else ""."""
+    if not value or len(value) > MAX_NEXT_CHARS or not value.startswith("/"):
+        return ""
+    if value.startswith(("//", "/\\")) or "\\" in value:
+        return ""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        return ""
+    return value
+
+
+def query_args(request: Request) -> dict[str, Any]:
+    """Report filters from the query string: repeated keys become lists, integers ints."""
+    args: dict[str, Any] = {}
+    for key in request.query_params:
+        values = [_coerce(value) for value in request.query_params.getlist(key)]
+        args[key] = values if len(values) > 1 else values[0]
+    return args
+
+
+def _coerce(value: str) -> int | str:
+    return int(value) if INT_PATTERN.fullmatch(value) else value
+
+
+def _base(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _html(text: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(text, status_code=status)
+
+
+async def index(request: Request) -> HTMLResponse:
+    """``GET /``: the demo page, with links that start the demo reports."""
+    settings: Settings = request.state.settings
+    base = _base(request)
+    feeds = f"{settings.own_url}{base}/demo/feeds/"
+    links = [
+        ("Sales report, EU 2026", f"{base}/reports/report?region=eu&year=2026"),
+        ("Sales report, US 2025", f"{base}/reports/report?region=us&year=2025"),
+        (
+            "Sample feeds (served by this server)",
+            f"{base}/reports/feeds?" + urlencode([("urls", feeds + name) for name in DEMO_FEEDS]),
+        ),
+    ]
+    demos = Markup(
+        "".join(f'<li><a href="{escape(url)}">{escape(text)}</a></li>' for text, url in links)
+    )
+    return _html(render("index.html", base=base, demos=demos))
+
+
+async def job_page(request: Request) -> HTMLResponse:
+    """``GET /jobs/{id}?next=…``: the live progress page (404 for unknown ids)."""
+    job = await request.state.client.status(job_id_param(request))
+    next_url = safe_next(request.query_params.get("next"))
+    return _html(
+        render(
+            "job.html",
+            base=_base(request),
+            task=job.get("task", "job"),
+            job_id=job["id"],
+            next=next_url,
+        )
+    )
+
+
+async def report(request: Request) -> Response:
+    """``GET /reports/{task}?k=v…``: the cached result at once, else 303 to its progress page."""
+    task = str(request.path_params["task"])
+    args = query_args(request)
+    check_task_name(task)
+    canonical_args(args)
+    try:
+        job = await request.state.client.submit(task, args)
+    except UnknownTask as exc:
+        raise ApiError(404, str(exc)) from None
+    view = dict(job.view)
+    if view.get("state") == "done" and "result" in view:
+        meta = "Cached result." if view.get("cached") else "Fresh result."
+        body = render_result(view["result"])
+        return _html(render("report.html", base=_base(request), task=task, meta=meta, body=body))
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = f"{_base(request)}/jobs/{quote(job.id)}?next={quote(here, safe='')}"
+    return RedirectResponse(target, status_code=303)
+
+
+async def robots(request: Request) -> PlainTextResponse:
+    """``GET /robots.txt``: keep crawlers off capability URLs."""
+    return PlainTextResponse(ROBOTS)
+
+
+routes: Final = [
+    Route("/", index, methods=["GET"]),
+    Route("/jobs/{job_id}", job_page, methods=["GET"]),
+    Route("/reports/{task}", report, methods=["GET"]),
+    Route("/robots.txt", robots, methods=["GET"]),
+]

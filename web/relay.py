@@ -1,0 +1,272 @@
+"""Progress relay: one ZeroMQ SUB reader fans job events out to per-WebSocket queues.
+
+The broker's events XPUB publishes ``[topic=job id, "JC01", "EVENT", header]``. One
+``Relay`` per web process owns one SUB socket and one reader task. Each WebSocket gets a
+``Watch``: a bounded, keep-latest queue that the reader fills without ever waiting, and that
+the connection's own sender task drains. A browser that stops reading therefore never slows
+the reader or the other browsers.
+
+Every event carries absolute figures (done, total, state), so a full queue drops its oldest
+*intermediate* event; a final-state event is never dropped.
+
+The SUB socket subscribes to a job's topic on its first watcher and unsubscribes on its last.
+ZeroMQ subscriptions are prefix matches, so the reader compares the topic frame for exact
+equality before it hands an event to anyone.
+
+Joining follows the Clone pattern: subscribe, then fetch the snapshot, then drop buffered
+events with ``seq`` ≤ the snapshot's (``clone_join``). ``Cursor`` then keeps the stream free
+of duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+
+from broker.errors import ProtocolError
+from broker.jobs import FINAL_STATES, is_job_id
+from broker.protocol import Event, decode
+
+logger = logging.getLogger(__name__)
+
+SUB_RCVHWM: Final = 100_000
+EVENT_FIELDS: Final = ("id", "seq", "epoch", "state", "done", "total", "message", "eta_s",
+                       "ts", "attempts", "error")  # fmt: skip
+SNAPSHOT_FIELDS: Final = (*EVENT_FIELDS, "task", "max_attempts", "created_at", "started_at",
+                          "finished_at", "cached")  # fmt: skip
+
+
+# --- pure: messages, the keep-latest buffer, the join and the cursor --------------------
+
+
+def is_final(message: Mapping[str, Any]) -> bool:
+    """Whether a message (snapshot or event) carries a final state."""
+    return message.get("state") in FINAL_STATES
+
+
+def event_message(event: Event) -> dict[str, Any]:
+    """The JSON a browser receives for one broker event."""
+    message = {name: getattr(event, name) for name in EVENT_FIELDS}
+    message["kind"] = "event"
+    return message
+
+
+def snapshot_message(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON a browser receives for a job snapshot (never the result: it may be large)."""
+    message = {name: job.get(name) for name in SNAPSHOT_FIELDS}
+    message["kind"] = "snapshot"
+    return message
+
+
+class KeepLatestBuffer:
+    """A bounded FIFO of messages that drops the oldest non-final one when full.
+
+    Final-state messages are never dropped, so the buffer may exceed ``capacity`` only by
+    the number of finals it holds (in practice one).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 (got {capacity})")
+        self.capacity = capacity
+        self.items: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def push(self, message: dict[str, Any]) -> None:
+        """Append a message, making room by dropping the oldest intermediate one."""
+        if len(self.items) >= self.capacity:
+            self._drop_oldest_intermediate()
+        self.items.append(message)
+
+    def _drop_oldest_intermediate(self) -> None:
+        for index, item in enumerate(self.items):
+            if not is_final(item):
+                del self.items[index]
+                self.dropped += 1
+                return
+
+    def pop(self) -> dict[str, Any]:
+        """Remove and return the oldest message (IndexError when empty)."""
+        return self.items.popleft()
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Remove and return every buffered message, oldest first."""
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+
+def clone_join(
+    snapshot: Mapping[str, Any], buffered: Iterable[Mapping[str, Any]], after: int | None = None
+) -> list[dict[str, Any]]:
+    """The messages to send when a watcher joins, in order (Clone pattern).
+
+    ``snapshot`` was fetched *after* subscribing, and ``buffered`` holds the events that
+    arrived meanwhile. The snapshot goes first unless the client already has it (its seq
+    ≤ ``after`` and not final); then the buffered events newer than both, oldest first.
+    A final snapshot ends the stream: nothing after it is sent.
+    """
+    snap_seq = int(snapshot.get("seq") or 0)
+    floor = snap_seq if after is None else max(snap_seq, after)
+    messages: list[dict[str, Any]] = []
+    if after is None or snap_seq > after or is_final(snapshot):
+        messages.append(dict(snapshot))
+    if is_final(snapshot):
+        return messages
+    for event in buffered:
+        if int(event.get("seq") or 0) > floor or _newer_epoch(event, snapshot):
+            messages.append(dict(event))
+            if is_final(event):
+                break
+    return messages
+
+
+def _newer_epoch(event: Mapping[str, Any], snapshot: Mapping[str, Any]) -> bool:
+    return int(event.get("epoch") or 0) > int(snapshot.get("epoch") or 0)
+
+
+@dataclass(slots=True)
+class Cursor:
+    """What a client has seen: admits only messages newer than that (no duplicates).
+
+    A newer broker ``epoch`` (a restarted broker) is admitted even if its seq is not higher.
+    """
+
+    seq: int = -1
+    epoch: int = 0
+
+    @classmethod
+    def after_join(
+        cls, snapshot: Mapping[str, Any], sent: Iterable[Mapping[str, Any]], after: int | None
+    ) -> Cursor:
+        """The cursor once ``clone_join``'s messages (``sent``) went out."""
+        cursor = cls(
+            seq=max(int(snapshot.get("seq") or 0), -1 if after is None else after),
+            epoch=int(snapshot.get("epoch") or 0),
+        )
+        for message in sent:
+            cursor.seq = max(cursor.seq, int(message.get("seq") or 0))
+            cursor.epoch = max(cursor.epoch, int(message.get("epoch") or 0))
+        return cursor
+
+    def admit(self, message: Mapping[str, Any]) -> bool:
+        """Whether to send ``message``; if so, the cursor moves to it."""
+        seq, epoch = int(message.get("seq") or 0), int(message.get("epoch") or 0)
+        if seq <= self.seq and epoch <= self.epoch:
+            return False
+        self.seq, self.epoch = seq, max(epoch, self.epoch)
+        return True
+
+
+# --- I/O: one watcher's queue, and the SUB reader ----------------------------------------
+
+
+class Watch:
+    """One WebSocket's view of one job: a keep-latest queue the relay fills without waiting."""
+
+    def __init__(self, job_id: str, capacity: int) -> None:
+        self.job_id = job_id
+        self.buffer = KeepLatestBuffer(capacity)
+        self.needs_resync = False  # a seq gap on the wire: the caller should refetch
+        self._last_seq = -1
+        self._ready = asyncio.Event()
+
+    def push(self, event: Event) -> None:
+        """Queue an event (never blocks); note a gap in the broker's sequence."""
+        if 0 <= self._last_seq < event.seq - 1:
+            self.needs_resync = True
+        self._last_seq = max(self._last_seq, event.seq)
+        self.buffer.push(event_message(event))
+        self._ready.set()
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Everything queued so far, oldest first."""
+        self._ready.clear()
+        return self.buffer.drain()
+
+    async def get(self) -> dict[str, Any]:
+        """Wait for the next queued message."""
+        while not self.buffer:
+            self._ready.clear()
+            await self._ready.wait()
+        return self.buffer.pop()
+
+
+class Relay:
+    """Owns the SUB socket: (un)subscribes per job and fans events out to watches."""
+
+    def __init__(self, context: zmq.asyncio.Context, events_url: str, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self.watches: dict[bytes, set[Watch]] = {}
+        self.socket = context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+        self.socket.connect(events_url)
+        self.received = 0
+
+    async def run(self) -> None:
+        """The reader loop: receive, match the topic exactly, push to each watch."""
+        while True:
+            frames = await self.socket.recv_multipart()
+            self.received += 1
+            self.dispatch(frames)
+
+    def dispatch(self, frames: list[bytes]) -> None:
+        """Hand one published message to the watchers of exactly its topic."""
+        watches = self.watches.get(frames[0]) if frames else None
+        if not watches:
+            return  # a prefix match for a longer id, or a topic nobody watches any more
+        try:
+            event = decode(frames)
+        except ProtocolError as exc:
+            logger.warning("job %r: dropped a malformed event: %s", frames[0][:64], exc)
+            return
+        if not isinstance(event, Event):
+            return
+        for watch in watches:
+            watch.push(event)
+
+    @asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[Watch]:
+        """Watch one job for the duration of the block (subscribing on the first watcher).
+
+        Raises:
+            ValueError: ``job_id`` does not have the shape of a job id.
+        """
+        if not is_job_id(job_id):
+            raise ValueError(f"not a job id: {job_id[:64]!r}")
+        topic = job_id.encode()
+        watch = Watch(job_id, self.capacity)
+        if topic not in self.watches:
+            self.watches[topic] = set()
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self.watches[topic].add(watch)
+        try:
+            yield watch
+        finally:
+            self._release(topic, watch)
+
+    def _release(self, topic: bytes, watch: Watch) -> None:
+        watchers = self.watches.get(topic)
+        if watchers is None:
+            return
+        watchers.discard(watch)
+        if not watchers:
+            del self.watches[topic]
+            if not self.socket.closed:
+                self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def close(self) -> None:
+        """Close the SUB socket (the reader task must be cancelled first)."""
+        self.socket.close(linger=0)

@@ -1,0 +1,248 @@
+/* jobcast progress bars: live job progress pushed over a WebSocket.
+ *
+ * Drop into any page (no dependencies, no inline code, so it works under
+ * Content-Security-Policy: default-src 'self'):
+ *
+ *   <script src="/static/progress.js" defer></script>
+ *   <div data-jobcast-job="JOB_ID"></div>                      one bar per element
+ *   <div data-jobcast-job="JOB_ID" data-jobcast-next="/reports/x?y=1"
+ *        data-jobcast-cancel="true"></div>                    go to next when done; Cancel
+ *
+ * Optional: data-jobcast-base="https://host/prefix/" when jobcast is served elsewhere
+ * (default: the directory above this script). Each element receives "jobcast:update"
+ * and "jobcast:final" events (detail = the message). window.jobcast.attach(el) adds a
+ * bar created after the page loaded.
+ *
+ * Protocol: WS {base}api/jobs/{id}/events?after=SEQ sends a snapshot, then events
+ * ({seq, state, done, total, message, eta_s, error}), and closes after a final state.
+ * On a lost connection the bar says "reconnecting", waits (0.5 s doubling to 10 s) and
+ * reconnects with after=<last seq>, so it misses no state and repeats none.
+ */
+(function () {
+  "use strict";
+
+  var FINAL = { done: true, failed: true, cancelled: true };
+  var LABELS = {
+    queued: "Queued", running: "Running", done: "Done",
+    failed: "Failed", cancelled: "Cancelled"
+  };
+  var RETRY_FIRST_MS = 500;
+  var RETRY_MAX_MS = 10000;
+  var NEXT_DELAY_MS = 300;
+  var script = document.currentScript;
+  var scriptBase = script && script.src ? new URL("..", script.src).href : location.origin + "/";
+
+  /* A same-origin relative path ("/x", never "//x" or "/\x"), else "". */
+  function safeNext(value) {
+    if (typeof value !== "string" || value.charAt(0) !== "/") return "";
+    if (value.charAt(1) === "/" || value.indexOf("\\") !== -1) return "";
+    if (/[\u0000-\u001f\u007f]/.test(value)) return "";
+    return value;
+  }
+
+  function formatEta(seconds) {
+    if (typeof seconds !== "number" || !isFinite(seconds) || seconds < 0) return "";
+    if (seconds < 60) return "about " + Math.max(1, Math.round(seconds)) + " s left";
+    if (seconds < 3600) return "about " + Math.round(seconds / 60) + " min left";
+    return "about " + (seconds / 3600).toFixed(1) + " h left";
+  }
+
+  function make(tag, className, parent) {
+    var el = document.createElement(tag);
+    if (className) el.className = className;
+    if (parent) parent.appendChild(el);
+    return el;
+  }
+
+  function Bar(root) {
+    this.root = root;
+    this.id = root.getAttribute("data-jobcast-job") || "";
+    this.next = safeNext(root.getAttribute("data-jobcast-next") || "");
+    this.base = root.getAttribute("data-jobcast-base") || scriptBase;
+    if (this.base.charAt(this.base.length - 1) !== "/") this.base += "/";
+    this.seq = null;
+    this.finished = false;
+    this.retries = 0;
+    this.socket = null;
+    this.build(root.getAttribute("data-jobcast-cancel") === "true");
+    this.connect();
+  }
+
+  Bar.prototype.build = function (withCancel) {
+    var root = this.root;
+    root.classList.add("jobcast");
+    var head = make("div", "jobcast-head", root);
+    this.stateEl = make("span", "jobcast-state", head);
+    this.countEl = make("span", "jobcast-count", head);
+    this.etaEl = make("span", "jobcast-eta", head);
+    this.bar = make("div", "jobcast-bar", root);
+    this.bar.setAttribute("role", "progressbar");
+    this.bar.setAttribute("aria-label", "Job progress");
+    this.bar.setAttribute("aria-valuemin", "0");
+    this.bar.setAttribute("aria-valuemax", "100");
+    this.bar.setAttribute("aria-valuenow", "0");
+    this.fill = make("div", "jobcast-fill", this.bar);
+    this.messageEl = make("p", "jobcast-message", root);
+    this.messageEl.setAttribute("aria-live", "polite");
+    this.connectionEl = make("p", "jobcast-connection", root);
+    this.connectionEl.setAttribute("role", "status");
+    this.errorEl = make("p", "jobcast-error", root);
+    this.errorEl.setAttribute("role", "alert");
+    this.errorEl.hidden = true;
+    this.stateEl.textContent = "Connecting…";
+    if (withCancel) {
+      this.cancelButton = make("button", "jobcast-cancel", root);
+      this.cancelButton.type = "button";
+      this.cancelButton.textContent = "Cancel";
+      this.cancelButton.addEventListener("click", this.cancel.bind(this));
+    }
+  };
+
+  Bar.prototype.url = function (path) {
+    return new URL(path, this.base).href;
+  };
+
+  Bar.prototype.connect = function () {
+    var url = new URL("api/jobs/" + encodeURIComponent(this.id) + "/events", this.base);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (this.seq !== null) url.search = "?after=" + this.seq;
+    var socket = new WebSocket(url.href);
+    var opened = false;
+    var self = this;
+    this.socket = socket;
+    socket.onopen = function () {
+      opened = true;
+      self.retries = 0;
+      self.connectionEl.textContent = "";
+      self.root.classList.remove("jobcast-reconnecting");
+    };
+    socket.onmessage = function (event) {
+      var message;
+      try { message = JSON.parse(event.data); } catch (e) { return; }
+      self.update(message);
+    };
+    socket.onclose = function () {
+      if (self.socket === socket) self.socket = null;
+      if (!self.finished) self.reconnect(opened);
+    };
+  };
+
+  Bar.prototype.reconnect = function (wasOpen) {
+    var self = this;
+    var delay = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * Math.pow(2, this.retries));
+    this.retries += 1;
+    this.connectionEl.textContent = "Connection lost: reconnecting…";
+    this.root.classList.add("jobcast-reconnecting");
+    window.setTimeout(function () {
+      if (wasOpen) return self.connect();
+      self.checkThenConnect();  /* refused upgrade: is the job gone, or the server down? */
+    }, delay * (0.8 + Math.random() * 0.4));
+  };
+
+  Bar.prototype.checkThenConnect = function () {
+    var self = this;
+    fetch(this.url("api/jobs/" + encodeURIComponent(this.id)), {
+      headers: { Accept: "application/json" }, cache: "no-store"
+    }).then(function (response) {
+      if (response.status === 404) return self.fail("This job does not exist (or has expired).");
+      if (!response.ok) return self.reconnect(false);
+      return response.json().then(function (job) {
+        job.kind = "snapshot";
+        self.update(job);
+        if (!self.finished) self.connect();
+      });
+    }).catch(function () { self.reconnect(false); });
+  };
+
+  Bar.prototype.update = function (message) {
+    if (this.finished || typeof message !== "object" || message === null) return;
+    if (this.seq !== null && typeof message.seq === "number" && message.seq <= this.seq &&
+        !FINAL[message.state]) return;
+    if (typeof message.seq === "number") this.seq = message.seq;
+    var done = Number(message.done) || 0;
+    var total = Number(message.total) || 0;
+    var percent = total > 0 ? Math.min(100, Math.round((100 * done) / total)) : 0;
+    if (message.state === "done") percent = 100;
+    this.bar.setAttribute("aria-valuenow", String(percent));
+    this.bar.classList.toggle("jobcast-indeterminate", total === 0 && message.state === "running");
+    this.fill.style.width = percent + "%";
+    this.root.setAttribute("data-jobcast-state", String(message.state));
+    this.stateEl.textContent = LABELS[message.state] || String(message.state);
+    this.countEl.textContent = total > 0 ? done + " / " + total : "";
+    this.etaEl.textContent = message.state === "running" ? formatEta(message.eta_s) : "";
+    this.messageEl.textContent = typeof message.message === "string" ? message.message : "";
+    this.emit("jobcast:update", message);
+    if (FINAL[message.state]) this.finish(message);
+  };
+
+  Bar.prototype.finish = function (message) {
+    this.finished = true;
+    this.connectionEl.textContent = "";
+    this.root.classList.remove("jobcast-reconnecting");
+    if (this.cancelButton) this.cancelButton.disabled = true;
+    if (this.socket) this.socket.close(1000);
+    this.emit("jobcast:final", message);
+    if (message.state === "done" && this.next) {
+      var next = this.next;
+      window.setTimeout(function () { window.location.assign(next); }, NEXT_DELAY_MS);
+    } else if (message.state === "failed") {
+      var error = message.error || {};
+      this.showError("The job failed: " + (error.type ? error.type + ": " : "") +
+                     (error.message || "no reason given"));
+    } else if (message.state === "cancelled") {
+      this.showError("The job was cancelled.");
+    }
+  };
+
+  Bar.prototype.fail = function (text) {
+    this.finished = true;
+    this.stateEl.textContent = "Not found";
+    this.connectionEl.textContent = "";
+    this.root.classList.remove("jobcast-reconnecting");
+    if (this.cancelButton) this.cancelButton.disabled = true;
+    this.showError(text);
+  };
+
+  Bar.prototype.showError = function (text) {
+    this.errorEl.textContent = text;
+    this.errorEl.hidden = false;
+  };
+
+  Bar.prototype.cancel = function () {
+    var self = this;
+    this.cancelButton.disabled = true;
+    fetch(this.url("api/jobs/" + encodeURIComponent(this.id)), {
+      method: "DELETE", headers: { Accept: "application/json" }
+    }).then(function (response) {
+      if (!response.ok) {
+        self.cancelButton.disabled = self.finished;
+        self.showError("Cancel failed (HTTP " + response.status + ").");
+      }
+    }).catch(function () {
+      self.cancelButton.disabled = self.finished;
+      self.showError("Cancel failed: the server did not answer.");
+    });
+  };
+
+  Bar.prototype.emit = function (name, detail) {
+    this.root.dispatchEvent(new CustomEvent(name, { detail: detail, bubbles: true }));
+  };
+
+  function attach(element) {
+    if (!element || element.jobcastBar) return element && element.jobcastBar;
+    element.jobcastBar = new Bar(element);
+    return element.jobcastBar;
+  }
+
+  function attachAll() {
+    var elements = document.querySelectorAll("[data-jobcast-job]");
+    for (var i = 0; i < elements.length; i += 1) attach(elements[i]);
+  }
+
+  window.jobcast = { attach: attach, attachAll: attachAll, safeNext: safeNext };
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", attachAll);
+  } else {
+    attachAll();
+  }
+})();
