@@ -1,0 +1,81 @@
+"""Test tasks (``--tasks tasks`` with tests/ on PYTHONPATH). Each is tiny on purpose."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from workers import Job, task
+
+
+@task("echo")
+def echo(job: Job, **args: Any) -> dict[str, Any]:
+    """Return the args unchanged."""
+    return args
+
+
+@task("slow")
+def slow(job: Job, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
+    """Take ``seconds`` in ``steps`` steps, reporting progress after each."""
+    for step in range(1, steps + 1):
+        time.sleep(seconds / steps)
+        job.progress(step, steps, f"step {step}")
+    return {"steps": steps}
+
+
+@task("fail", max_attempts=1)
+def fail(job: Job) -> None:
+    """Always raise ValueError("boom")."""
+    raise ValueError("boom")
+
+
+@task("crash")
+def crash(job: Job, how: str = "exit", code: int = 3) -> None:
+    """Kill the runner process: ``os._exit(code)`` or SIGKILL itself (``how="sigkill"``)."""
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(code)
+
+
+@task("hang")
+def hang(job: Job) -> None:
+    """Sleep forever without progress (the submitter sets a timeout)."""
+    while True:
+        time.sleep(60)
+
+
+@task("progress_n")
+def progress_n(job: Job, n: int = 10_000) -> int:
+    """Call progress ``n`` times in a tight loop; return ``n``."""
+    for i in range(1, n + 1):
+        job.progress(i, n)
+    return n
+
+
+@task("noop")
+def noop(job: Job) -> dict[str, Any]:
+    """Report progress once; return {}."""
+    job.progress(1, 1, "done")
+    return {}
+
+
+@task("bad_result")
+def bad_result(job: Job) -> Any:
+    """Return a value with no JSON form."""
+    return {1, 2}
+
+
+@task("ledger")
+def ledger(job: Job, path: str, seconds: float = 0.0) -> dict[str, Any]:
+    """Append ``job_id attempt pid start|end`` lines to ``path`` around a sleep."""
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} start")
+    time.sleep(seconds)
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} end")
+    return {"pid": os.getpid()}
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as ledger_file:
+        ledger_file.write(line + "\n")

@@ -1,0 +1,352 @@
+"""One worker slot: the DEALER loop of Paranoid Pirate around a long-lived runner child.
+
+The agent announces itself with ``Ready``, heartbeats per ``Liveness`` and treats any
+message from the broker as proof of life. When the broker goes silent (or says
+``Bye``) it closes the DEALER, waits ``Backoff.next_delay_s()`` and reconnects with a
+fresh ``Ready``. Task code runs in the ``workers.runner`` child, so the loop never
+blocks: one ``zmq.Poller`` watches the DEALER, the child's result pipe and a signal
+wake-up socket, and every timer is checked on every iteration.
+
+Error ``type`` strings the agent itself reports in ``Failed``: ``Timeout``,
+``JobCancelled``, ``WorkerLost`` and ``Busy`` (the runner reports the task's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from typing import Any, Final
+
+import zmq
+
+from broker.addresses import broker_url, endpoints
+from broker.errors import UnknownTask
+from broker.liveness import Backoff
+from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Message, Ready, Stop
+from workers import registry
+from workers.child import Child
+from workers.connection import BrokerConnection
+from workers.signals import SignalFlags
+from workers.slot import Attempt, cancelled_error, error, outcome_message
+
+logger = logging.getLogger(__name__)
+
+CANCEL_GRACE_S: Final = 2.0
+WARM_GRACE_S: Final = 5.0
+MAX_POLL_S: Final = 1.0
+
+
+class Agent:
+    """One worker slot: a DEALER to the broker and one runner child."""
+
+    def __init__(self, broker: str, task_modules: list[str], *, grace_s: float = WARM_GRACE_S,
+                 notify_fd: int | None = None) -> None:  # fmt: skip
+        self.broker = broker
+        self.task_modules = task_modules
+        self.grace_s = grace_s
+        self.notify_fd = notify_fd
+        self.context = zmq.Context()
+        self.poller = zmq.Poller()
+        self.connection = BrokerConnection(self.context, self.poller, broker, _ready)
+        self.notified = False
+        self.child: Child | None = None
+        self.child_backoff = Backoff()
+        self.respawn_at: float | None = None
+        self.current: Attempt | None = None
+        self.signals = SignalFlags()
+        self.handled_signals = 0
+        self.stop_deadline: float | None = None
+        self.exit_code: int | None = None
+        self.parent_pid = os.getppid() if notify_fd is not None else None
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until a signal ends it; return the exit code."""
+        self.signals.install()
+        self.poller.register(self.signals.fd, zmq.POLLIN)
+        try:
+            now = time.monotonic()
+            self._spawn_child()
+            self.connection.connect(now)
+            self._announce()
+            while self.exit_code is None:
+                self._step()
+            return self.exit_code
+        finally:
+            self._close()
+
+    def _step(self) -> None:
+        events = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
+        now = time.monotonic()
+        if self.signals.fd in events:
+            self.signals.drain()
+        dealer = self.connection.dealer
+        if dealer is not None and dealer in events:
+            for msg in self.connection.receive(now):
+                self._dispatch(msg, now)
+            self._notify_connected()
+        if self.child is not None and self.child.result_fd in events:
+            self._read_child(now)
+        self._tick(now)
+
+    def _tick(self, now: float) -> None:
+        """Every timer, on every iteration (never inside one branch)."""
+        self._check_signals(now)
+        self._check_parent(now)
+        self._check_child(now)
+        self._check_deadlines(now)
+        self.connection.tick(now)
+        if self.stop_deadline is not None and self.current is None and self.exit_code is None:
+            self.exit_code = 0
+
+    def _timeout_ms(self, now: float) -> int:
+        deadlines = [now + MAX_POLL_S, self.respawn_at, self.stop_deadline,
+                     self.connection.next_deadline()]  # fmt: skip
+        if self.current is not None:
+            deadlines += [self.current.deadline, self.current.cancel_deadline]
+        earliest = min(d for d in deadlines if d is not None)
+        return max(0, math.ceil((earliest - now) * 1000) + 1)
+
+    # --- messages from the broker -------------------------------------------------------
+
+    def _dispatch(self, msg: Message, now: float) -> None:
+        match msg:
+            case Heartbeat():
+                pass
+            case Assign():
+                self._on_assign(msg, now)
+            case Stop():
+                self._on_stop(msg, now)
+            case Bye():
+                self.connection.disconnect(now, "broker said Bye")
+            case Error():
+                logger.warning("broker error %s: %s", msg.code, msg.message)
+            case _:
+                logger.warning("dropped an unexpected %s from the broker", type(msg).__name__)
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def _on_assign(self, msg: Assign, now: float) -> None:
+        if self.current is not None or self.stop_deadline is not None:
+            why = "shutting down" if self.current is None else f"busy with job {self.current.id}"
+            logger.warning("job %s refused: worker is %s", msg.id, why)
+            busy = error("Busy", f"worker is {why}")
+            self.connection.send(Failed(id=msg.id, attempt=msg.attempt, error=busy), now)
+            return
+        self.current = Attempt.start(msg, _task_timeout_s(msg), now)
+        logger.info("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
+        if self.child is None:
+            self._spawn_child()
+        try:
+            self._live_child().assign(msg)
+        except OSError as exc:
+            logger.warning("job %s could not reach the runner: %s", msg.id, exc)
+            self._on_child_exit(now)
+
+    def _on_stop(self, msg: Stop, now: float) -> None:
+        current = self.current
+        if current is None or not current.matches(msg.id, msg.attempt):
+            logger.info("job %s attempt %d: Stop for an attempt not running here", msg.id,
+                        msg.attempt)  # fmt: skip
+            return
+        if current.cancel_deadline is not None:
+            return
+        current.cancel_deadline = now + CANCEL_GRACE_S
+        logger.info("job %s attempt %d cancelling", msg.id, msg.attempt)
+        try:
+            self._live_child().cancel(msg.id, msg.attempt)
+        except OSError:
+            self._on_child_exit(now)
+
+    def _finish(self, msg: Done | Failed, now: float) -> None:
+        self.current = None
+        state = "done" if isinstance(msg, Done) else f"failed ({msg.error.get('type')})"
+        logger.info("job %s attempt %d %s", msg.id, msg.attempt, state)
+        self.connection.send(msg, now)
+
+    def _check_deadlines(self, now: float) -> None:
+        current = self.current
+        if current is None:
+            return
+        if current.cancel_deadline is not None and now >= current.cancel_deadline:
+            self._replace_child()
+            self._finish(current.failed(cancelled_error(f"killed after {CANCEL_GRACE_S:g} s")),
+                         now)  # fmt: skip
+        elif current.deadline is not None and now >= current.deadline:
+            self._replace_child()
+            message = f"job exceeded timeout of {current.timeout_s:g} s"
+            self._finish(current.failed(error("Timeout", message), retry=True), now)
+        elif self.stop_deadline is not None and now >= self.stop_deadline:
+            self._replace_child()
+            if current.cancel_deadline is not None:
+                self._finish(current.failed(cancelled_error("worker shut down")), now)
+                return
+            message = f"worker shut down; the job did not end within {self.grace_s:g} s"
+            self._finish(current.failed(error("WorkerLost", message), retry=True), now)
+
+    # --- the runner child --------------------------------------------------------------
+
+    def _spawn_child(self) -> None:
+        self.child = Child.spawn(self.broker, self.task_modules)
+        self.poller.register(self.child.result_fd, zmq.POLLIN)
+        self.respawn_at = None
+
+    def _live_child(self) -> Child:
+        if self.child is None:
+            raise BrokenPipeError("no runner child")
+        return self.child
+
+    def _drop_child(self) -> Child | None:
+        child, self.child = self.child, None
+        if child is not None:
+            self.poller.unregister(child.result_fd)
+        return child
+
+    def _replace_child(self) -> None:
+        child = self._drop_child()
+        if child is not None:
+            child.kill()
+        if self.stop_deadline is None:
+            self._spawn_child()
+
+    def _read_child(self, now: float) -> None:
+        child = self._live_child()
+        try:
+            messages, eof = child.read()
+        except ValueError as exc:
+            logger.error("runner child %d sent garbage (%s); killing it", child.pid, exc)
+            child.kill()
+            messages, eof = [], True
+        for header, payload in messages:
+            self._on_outcome(header, payload, now)
+        if eof:
+            self._on_child_exit(now)
+
+    def _on_outcome(self, header: dict[str, Any], payload: bytes, now: float) -> None:
+        current = self.current
+        if current is None or not current.matches(header.get("id"), header.get("attempt")):
+            logger.warning("job %s: dropped a stale outcome from the runner", header.get("id"))
+            return
+        self.child_backoff.reset()
+        self._finish(outcome_message(current, header, payload), now)
+
+    def _on_child_exit(self, now: float) -> None:
+        child = self._drop_child()
+        how = child.reap() if child is not None else "is gone"
+        current = self.current
+        if current is not None and current.cancel_deadline is not None:
+            self._finish(current.failed(cancelled_error(f"worker process {how}")), now)
+        elif current is not None:
+            lost = error("WorkerLost", f"worker process {how}")
+            self._finish(current.failed(lost, retry=True), now)
+            self.respawn_at = now  # the job killed it: not a crash loop
+        else:
+            logger.warning("idle runner child %s", how)
+            self.respawn_at = now + self.child_backoff.next_delay_s()
+
+    def _check_child(self, now: float) -> None:
+        if self.child is not None and self.child.has_exited():
+            self._read_child(now)  # an outcome may still sit in the pipe
+            if self.child is not None:
+                self._on_child_exit(now)
+        due = self.respawn_at is not None and now >= self.respawn_at
+        if self.child is None and due and self.stop_deadline is None:
+            self._spawn_child()
+
+    # --- signals and shutdown -------------------------------------------------------------
+
+    def _check_signals(self, now: float) -> None:
+        if self.signals.count == self.handled_signals:
+            return
+        self.handled_signals = self.signals.count
+        if self.stop_deadline is None:
+            logger.info("warm shutdown: finishing the current job (grace %g s)", self.grace_s)
+            self.stop_deadline = now + self.grace_s
+            self.connection.send(Bye(), now)
+        else:
+            self._cold_shutdown(now, "cold shutdown")
+
+    def _check_parent(self, now: float) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.parent_pid = None
+            self._cold_shutdown(now, "the pool is gone")
+
+    def _cold_shutdown(self, now: float, reason: str) -> None:
+        logger.warning("%s: killing the runner and exiting", reason)
+        self.stop_deadline = now
+        self.exit_code = 1
+        self._check_deadlines(now)
+
+    def _announce(self) -> None:
+        if self.notify_fd is not None:
+            return
+        tasks = ", ".join(registry.names())
+        sys.stdout.write(f"jobcast agent ready: pid {os.getpid()}, broker {self.broker}, "
+                         f"tasks [{tasks}]\n")  # fmt: skip
+        sys.stdout.flush()
+
+    def _notify_connected(self) -> None:
+        if self.notify_fd is None or self.notified or not self.connection.ever_heard:
+            return
+        self.notified = True
+        try:
+            os.write(self.notify_fd, b"connected\n")
+        except OSError:
+            logger.warning("could not notify the pool")
+
+    def _close(self) -> None:
+        child = self._drop_child()
+        if child is not None:
+            child.stop()
+        self.poller.unregister(self.signals.fd)
+        self.signals.close()
+        self.connection.close()
+        self.context.term()
+
+
+def _ready() -> Ready:
+    return Ready(tasks=registry.names(), options=registry.options(), pid=os.getpid(),
+                 host=socket.gethostname())  # fmt: skip
+
+
+def _task_timeout_s(msg: Assign) -> float | None:
+    if msg.timeout_s is not None:
+        return msg.timeout_s
+    try:
+        return registry.lookup(msg.task).timeout_s
+    except UnknownTask:
+        return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers.agent")
+    parser.add_argument("--broker", default=None, help="broker base URL ($JOBCAST_BROKER)")
+    parser.add_argument("--tasks", action="append", default=[], help="task module (repeat)")
+    parser.add_argument("--grace-s", type=float, default=WARM_GRACE_S)
+    parser.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one worker slot (``python -m workers.agent --broker URL --tasks MODULE``)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s agent %(process)d: %(message)s")
+    modules = args.tasks or list(registry.DEFAULT_TASK_MODULES)
+    try:
+        url = broker_url(args.broker)
+        endpoints(url)
+        registry.load_modules(modules)
+    except (ValueError, ImportError) as exc:
+        sys.stderr.write(f"jobcast agent: {exc}\n")
+        return 2
+    return Agent(url, modules, grace_s=args.grace_s, notify_fd=args.notify_fd).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

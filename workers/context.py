@@ -1,0 +1,135 @@
+"""The ``Job`` handed to a task: its identity, throttled ``progress()`` and cancellation.
+
+Progress is published on the runner's own PUB socket (topic = job id) at most every
+``PROGRESS_INTERVAL_S``; the latest call is always remembered, flushed when the task
+ends and reported in ``Done.last``, so the last figures are never lost. When the agent
+asks for a cancel (a message on the control pipe), the next ``progress()`` raises
+``JobCancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+
+from broker.errors import JobCancelled
+from broker.protocol import Progress, encode
+from workers.pipes import read_message
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+PROGRESS_INTERVAL_S: Final = 0.1
+CANCEL_CHECK_INTERVAL_S: Final = 0.005
+MAX_MESSAGE_CHARS: Final = 1000
+
+
+class Job:
+    """What a task receives: ``id``, ``attempt``, ``task`` and ``progress(i, n, message)``."""
+
+    def __init__(
+        self,
+        id: str,
+        attempt: int,
+        *,
+        task: str = "",
+        publisher: zmq.Socket[bytes] | None = None,
+        control_fd: int | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.id = id
+        self.attempt = attempt
+        self.task = task
+        self._publisher = publisher
+        self._control_fd = control_fd
+        self._clock = clock
+        self._latest: tuple[int, int, str] | None = None
+        self._published: tuple[int, int, str] | None = None
+        self._sent_at = float("-inf")
+        self._checked_at = float("-inf")
+        self._cancelled = False
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} attempt {self.attempt} task {self.task!r}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the agent asked this attempt to stop."""
+        return self._cancelled
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The latest progress call as ``{"done", "total", "message"}``, or None."""
+        if self._latest is None:
+            return None
+        done, total, message = self._latest
+        return {"done": done, "total": total, "message": message}
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        """Report ``done`` of ``total`` steps; cheap to call often (throttled by time).
+
+        Raises:
+            JobCancelled: the job was cancelled; let it propagate.
+            ValueError: ``done`` or ``total`` is not an int >= 0.
+            TypeError: ``message`` is not a string.
+        """
+        _check_count("done", done)
+        _check_count("total", total)
+        if not isinstance(message, str):
+            raise TypeError(f"progress message must be a str (got {type(message).__name__})")
+        self._latest = (done, total, message[:MAX_MESSAGE_CHARS])
+        now = self._clock()
+        if now - self._sent_at >= PROGRESS_INTERVAL_S:
+            self._sent_at = now
+            self._publish(self._latest)
+            self._check_cancel(now)
+        elif now - self._checked_at >= CANCEL_CHECK_INTERVAL_S:
+            self._check_cancel(now)
+        if self._cancelled:
+            raise JobCancelled(self.id)
+
+    def flush(self) -> dict[str, Any] | None:
+        """Publish the latest progress if it was throttled; return it (for ``Done.last``)."""
+        if self._latest is not None and self._latest != self._published:
+            self._publish(self._latest)
+        return self.last
+
+    def _publish(self, figures: tuple[int, int, str]) -> None:
+        self._published = figures
+        if self._publisher is None:
+            return
+        done, total, message = figures
+        msg = Progress(id=self.id, attempt=self.attempt, done=done, total=total, message=message)
+        try:
+            self._publisher.send_multipart(encode(msg), zmq.NOBLOCK)
+        except zmq.Again:  # PUB drops at its high-water mark; the next call carries on
+            logger.debug("job %s progress dropped (publisher full)", self.id)
+
+    def _check_cancel(self, now: float) -> None:
+        self._checked_at = now
+        fd = self._control_fd
+        if fd is None or self._cancelled:
+            return
+        readable, _, _ = select.select([fd], [], [], 0)
+        if readable:
+            self._cancelled = self._is_cancel_for_me(read_message(fd))
+
+    def _is_cancel_for_me(self, message: tuple[dict[str, Any], bytes] | None) -> bool:
+        if message is None:  # the agent is gone: stop as soon as possible
+            logger.warning("job %s control pipe closed; cancelling", self.id)
+            return True
+        header, _ = message
+        mine = header.get("cmd") == "cancel" and header.get("id") == self.id
+        if mine:
+            logger.info("job %s cancel requested", self.id)
+        return mine
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"progress {name} must be an int >= 0 (got {value!r})")

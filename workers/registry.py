@@ -1,0 +1,154 @@
+"""The task registry: ``@task`` registers a function under a name, with its defaults.
+
+A task is ``fn(job, **args)``: ``job`` is a ``workers.context.Job`` and ``args`` the
+job's JSON object. Workers import the ``--tasks`` modules, which register their tasks as
+a side effect, and announce ``options()`` to the broker in their ``Ready`` message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from broker.errors import BadArguments, JobcastError, UnknownTask
+from broker.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TTL_S, check_task_name
+
+if TYPE_CHECKING:
+    from workers.context import Job
+
+logger = logging.getLogger(__name__)
+
+TaskFunction = Callable[..., Any]
+F = TypeVar("F", bound=TaskFunction)
+DEFAULT_TASK_MODULES: Final = ("workers.demo",)
+
+
+class TaskModuleError(JobcastError, ImportError):
+    """A ``--tasks`` module could not be imported."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One registered task and its defaults."""
+
+    name: str
+    fn: TaskFunction
+    ttl_s: float
+    timeout_s: float | None
+    max_attempts: int
+
+    def options(self) -> dict[str, Any]:
+        """The defaults announced to the broker in ``Ready.options``."""
+        return {"ttl_s": self.ttl_s, "timeout_s": self.timeout_s,
+                "max_attempts": self.max_attempts}  # fmt: skip
+
+    def __call__(self, job: Job, **args: Any) -> Any:
+        """Run the task function for one attempt."""
+        return self.fn(job, **args)
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def task(
+    name: str,
+    *,
+    ttl: float = DEFAULT_TTL_S,
+    timeout: float | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Callable[[F], F]:
+    """Register ``fn(job, **args)`` as the task ``name`` (ttl and timeout in seconds).
+
+    Raises:
+        ValueError: a bad name or option, or the name taken by another function.
+    """
+    spec_options = _checked_options(name, ttl, timeout, max_attempts)
+
+    def register(fn: F) -> F:
+        if not callable(fn):
+            raise TypeError(f"@task({name!r}) must decorate a function (got {fn!r})")
+        _register(TaskSpec(name, fn, *spec_options))
+        return fn
+
+    return register
+
+
+def _checked_options(
+    name: str, ttl: float, timeout: float | None, max_attempts: int
+) -> tuple[float, float | None, int]:
+    try:
+        check_task_name(name)
+    except BadArguments as exc:
+        raise ValueError(f"bad task name {name!r}: {exc}") from None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
+        raise ValueError(f"task {name!r}: ttl must be a number >= 0 (got {ttl!r})")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ValueError(f"task {name!r}: timeout must be None or > 0 (got {timeout!r})")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"task {name!r}: max_attempts must be an int >= 1 (got {max_attempts!r})")
+    return float(ttl), None if timeout is None else float(timeout), max_attempts
+
+
+def _register(spec: TaskSpec) -> None:
+    old = _TASKS.get(spec.name)
+    if old is not None and _origin(old.fn) != _origin(spec.fn):
+        raise ValueError(f"task {spec.name!r} is already registered by {_origin(old.fn)}")
+    _TASKS[spec.name] = spec  # the same function again (a reloaded module) replaces it
+
+
+def _origin(fn: TaskFunction) -> str:
+    module = getattr(fn, "__module__", "?")
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def lookup(name: str) -> TaskSpec:
+    """The task registered as ``name``.
+
+    Raises:
+        UnknownTask: no such task in this worker.
+    """
+    try:
+        return _TASKS[name]
+    except KeyError:
+        known = ", ".join(sorted(_TASKS)) or "none"
+        raise UnknownTask(f"no task named {name!r} in this worker (known: {known})") from None
+
+
+def names() -> list[str]:
+    """The registered task names, sorted."""
+    return sorted(_TASKS)
+
+
+def options() -> dict[str, dict[str, Any]]:
+    """``{name: {"ttl_s", "timeout_s", "max_attempts"}}`` for the ``Ready`` message."""
+    return {name: _TASKS[name].options() for name in sorted(_TASKS)}
+
+
+def unregister(name: str) -> None:
+    """Forget a task (for tests)."""
+    _TASKS.pop(name, None)
+
+
+def load_modules(modules: Iterable[str]) -> list[str]:
+    """Import the task modules; return the registered task names.
+
+    Raises:
+        TaskModuleError: a module is missing or fails while importing.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            itself = module == missing or module.startswith(missing + ".")
+            hint = " (is it on PYTHONPATH?)" if itself else ""
+            raise TaskModuleError(f"cannot import task module {module!r}: {exc}{hint}") from exc
+        except Exception as exc:
+            message = f"task module {module!r} failed to import: {type(exc).__name__}: {exc}"
+            raise TaskModuleError(message) from exc
+    return names()
