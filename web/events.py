@@ -75,9 +75,7 @@ async def job_events(websocket: WebSocket) -> None:
             await deny(websocket, 404, NO_SUCH_JOB)
 
 
-async def _stream(
-    websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None
-) -> None:
+async def _stream(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
     """Send the join messages, then the live stream; both tasks end together."""
     sender = asyncio.create_task(_send_all(websocket, watch, snapshot, after))
     receiver = asyncio.create_task(_receive_until_gone(websocket))
@@ -92,9 +90,7 @@ async def _stream(
                 logger.warning("job %s: stream ended: %r", watch.job_id, exc)
 
 
-async def _send_all(
-    websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None
-) -> None:
+async def _send_all(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
     settings: Settings = websocket.state.settings
     joined = clone_join(snapshot, watch.drain(), after)
     cursor = Cursor.after_join(snapshot, joined, after)
@@ -111,9 +107,7 @@ async def _send_all(
             return await websocket.close(code=1000)
 
 
-async def _next_message(
-    websocket: WebSocket, watch: Watch, resync_s: float
-) -> dict[str, Any]:
+async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> dict[str, Any]:
     """The next queued event; a fresh snapshot after a seq gap or a quiet spell.
 
     PUB drops under load, so a final state must never depend on a PUB message arriving.

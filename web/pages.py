@@ -74,9 +74,7 @@ async def index(request: Request) -> HTMLResponse:
             f"{base}/reports/feeds?" + urlencode([("urls", feeds + name) for name in DEMO_FEEDS]),
         ),
     ]
-    demos = Markup(
-        "".join(f'<li><a href="{escape(url)}">{escape(text)}</a></li>' for text, url in links)
-    )
+    demos = Markup("".join(f'<li><a href="{escape(url)}">{escape(text)}</a></li>' for text, url in links))
     return _html(render("index.html", base=base, demos=demos))
 
 

@@ -68,9 +68,7 @@ def render_result(result: Any) -> Markup:
     if isinstance(result, list) and result and all(isinstance(row, dict) for row in result):
         return _table(result)
     if isinstance(result, dict):
-        items = "".join(
-            f"<dt>{escape(key)}</dt><dd>{_nested(value)}</dd>" for key, value in result.items()
-        )
+        items = "".join(f"<dt>{escape(key)}</dt><dd>{_nested(value)}</dd>" for key, value in result.items())
         return Markup(f'<dl class="result">{items}</dl>')
     return Markup(f'<pre class="result">{escape(json.dumps(result, indent=2))}</pre>')
 
@@ -87,13 +85,9 @@ def _table(rows: list[dict[str, Any]]) -> Markup:
         columns.extend(str(key) for key in row if str(key) not in columns)
     head = "".join(f'<th scope="col">{escape(column)}</th>' for column in columns)
     body = "".join(
-        "<tr>"
-        + "".join(f"<td>{render_value(row.get(column))}</td>" for column in columns)
-        + "</tr>"
+        "<tr>" + "".join(f"<td>{render_value(row.get(column))}</td>" for column in columns) + "</tr>"
         for row in rows[:MAX_RENDERED_ROWS]
     )
     more = len(rows) - MAX_RENDERED_ROWS
     note = f'<p class="note">{more} more rows not shown.</p>' if more > 0 else ""
-    return Markup(
-        f'<table class="result"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}'
-    )
+    return Markup(f'<table class="result"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}')
