@@ -67,7 +67,10 @@ class Backoff:
 
     initial_s: float = RECONNECT_INITIAL_S
     maximum_s: float = RECONNECT_MAX_S
-    current_s: float = field(default=RECONNECT_INITIAL_S)
+    current_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current_s = self.initial_s  # a custom initial_s is the first delay too
 
     def next_delay_s(self) -> float:
         """The delay to wait now; the following one is twice as long (capped)."""
