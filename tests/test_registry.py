@@ -1,0 +1,102 @@
+"""The task registry: @task, lookup, options, loading --tasks modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from broker.errors import UnknownTask
+from workers import Job, registry, task
+from workers.registry import TaskModuleError
+
+
+@pytest.fixture
+def scratch() -> Iterator[list[str]]:
+    """Names registered by a test; unregistered afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        registry.unregister(name)
+
+
+def test_task_registers_function_with_its_options(scratch: list[str]) -> None:
+    @task("t_report", ttl=60, timeout=5, max_attempts=2)
+    def report(job: Job, region: str) -> dict[str, Any]:
+        return {"region": region}
+
+    scratch.append("t_report")
+    spec = registry.lookup("t_report")
+    assert spec.fn is report  # the decorator returns the function unchanged
+    assert spec(Job("j", 1), region="eu") == {"region": "eu"}
+    assert registry.options()["t_report"] == {"ttl_s": 60.0, "timeout_s": 5.0, "max_attempts": 2}
+    assert "t_report" in registry.names()
+
+
+def test_defaults_are_designs(scratch: list[str]) -> None:
+    task("t_plain")(lambda job: None)
+    scratch.append("t_plain")
+    assert registry.lookup("t_plain").options() == {
+        "ttl_s": 86400.0, "timeout_s": None, "max_attempts": 3,
+    }
+
+
+def test_unknown_task_names_the_known_ones(scratch: list[str]) -> None:
+    task("t_known")(lambda job: None)
+    scratch.append("t_known")
+    with pytest.raises(UnknownTask, match=r"no task named 'nope'.*t_known"):
+        registry.lookup("nope")
+    assert registry.lookup("t_known").name == "t_known"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ttl": -1}, "ttl must be a number >= 0"),
+        ({"timeout": 0}, "timeout must be None or > 0"),
+        ({"max_attempts": 0}, "max_attempts must be an int >= 1"),
+        ({"max_attempts": True}, "max_attempts must be an int >= 1"),
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        task("t_bad", **kwargs)
+    assert "t_bad" not in registry.names()
+
+
+def test_bad_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="bad task name"):
+        task("")
+
+
+def test_a_name_taken_by_another_function_is_refused(scratch: list[str]) -> None:
+    def first(job: Job) -> None: ...
+
+    def second(job: Job) -> None: ...
+
+    task("t_taken")(first)
+    scratch.append("t_taken")
+    with pytest.raises(ValueError, match="already registered by .*first"):
+        task("t_taken")(second)
+    task("t_taken")(first)  # the same function again (a reloaded module) is fine
+    assert registry.lookup("t_taken").fn is first
+
+
+def test_load_modules_imports_and_registers() -> None:
+    names = registry.load_modules(["tasks", "workers.demo"])
+    assert {"echo", "slow", "fail", "crash", "hang", "progress_n", "report"} <= set(names)
+    assert registry.options()["fail"]["max_attempts"] == 1
+
+
+def test_load_modules_missing_module_is_a_clear_error() -> None:
+    with pytest.raises(TaskModuleError, match=r"cannot import task module 'no_such_mod'.*PYTHONPATH"):
+        registry.load_modules(["no_such_mod"])
+    assert "echo" in registry.load_modules(["tasks"])  # the next good load still works
+
+
+def test_load_modules_failing_module_is_a_clear_error(tmp_path: Any, monkeypatch: Any) -> None:
+    (tmp_path / "broken_tasks_mod.py").write_text("raise RuntimeError('oops')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TaskModuleError, match="'broken_tasks_mod' failed to import: RuntimeError: oops"):
+        registry.load_modules(["broken_tasks_mod"])
