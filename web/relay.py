@@ -156,16 +156,15 @@ class Cursor:
             epoch=int(snapshot.get("epoch") or 0),
         )
         for message in sent:
-            cursor.seq = max(cursor.seq, int(message.get("seq") or 0))
-            cursor.epoch = max(cursor.epoch, int(message.get("epoch") or 0))
+            cursor.admit(message)  # moves forward only
         return cursor
 
     def admit(self, message: Mapping[str, Any]) -> bool:
         """Whether to send ``message``; if so, the cursor moves to it."""
-        seq, epoch = int(message.get("seq") or 0), int(message.get("epoch") or 0)
-        if seq <= self.seq and epoch <= self.epoch:
+        seq, epoch = int(message.get("seq") or 0), int(message.get("epoch") or self.epoch)
+        if (epoch, seq) <= (self.epoch, self.seq):
             return False
-        self.seq, self.epoch = seq, max(epoch, self.epoch)
+        self.seq, self.epoch = seq, epoch
         return True
 
 

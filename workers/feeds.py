@@ -188,20 +188,21 @@ def _get(parts: SplitResult, address: str, deadline: float,
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         conn.request("GET", target, headers=REQUEST_HEADERS)
-        _set_timeout(conn, deadline, parts)
+        sock = conn.sock  # kept: getresponse() may drop conn.sock while the body is unread
+        _set_timeout(sock, deadline, parts)
         response = conn.getresponse()
         if response.status in REDIRECT_STATUSES:
             return response.status, response.getheader("Location") or "", b""
         if response.status != 200:
             raise FeedFetchError(f"HTTP {response.status} from {parts.geturl()[:100]}")
-        return 200, "", _read_bounded(conn, response, deadline, parts, limits.max_bytes)
+        return 200, "", _read_bounded(sock, response, deadline, parts, limits.max_bytes)
     except (OSError, http.client.HTTPException) as exc:
         raise FeedFetchError(f"cannot fetch {parts.geturl()[:100]}: {exc or type(exc).__name__}") from None
     finally:
         conn.close()
 
 
-def _read_bounded(conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+def _read_bounded(sock: socket.socket | None, response: http.client.HTTPResponse,
                   deadline: float, parts: SplitResult, max_bytes: int) -> bytes:  # fmt: skip
     declared = response.getheader("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -211,7 +212,7 @@ def _read_bounded(conn: http.client.HTTPConnection, response: http.client.HTTPRe
         if body.tell() + len(chunk) > max_bytes:
             raise FeedRefused(f"feed larger than {max_bytes} bytes: {parts.geturl()[:100]}")
         body.write(chunk)
-        _set_timeout(conn, deadline, parts)
+        _set_timeout(sock, deadline, parts)
     return body.getvalue()
 
 
@@ -222,15 +223,16 @@ def _remaining(deadline: float, parts: SplitResult) -> float:
     return left
 
 
-def _set_timeout(conn: http.client.HTTPConnection, deadline: float, parts: SplitResult) -> None:
-    if conn.sock is not None:
-        conn.sock.settimeout(_remaining(deadline, parts))
+def _set_timeout(sock: socket.socket | None, deadline: float, parts: SplitResult) -> None:
+    left = _remaining(deadline, parts)  # raises once the total time is spent
+    if sock is not None:
+        sock.settimeout(left)
 
 
 def parse_items(url: str, body: bytes) -> list[dict[str, str]]:
     """The items of one feed document (given as bytes, never as a URL or a path)."""
     parsed = feedparser.parse(io.BytesIO(body))
-    if parsed.get("bozo") and not parsed.get("version"):
+    if not parsed.get("version"):  # feedparser names every format it recognised
         raise FeedFetchError(f"not an RSS or Atom feed: {url[:100]}")
     name = _text(parsed.feed.get("title")) or url
     return [
