@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from fake_broker import FakeBroker
+from helpers import PYTHON, ReadyProcess, children_of, pid_alive, wait_for
 
 from broker.jobs import new_job_id
 from broker.protocol import TAG, Assign, Bye, Done, Failed, Ready, Stop
-from fake_broker import FakeBroker
-from helpers import PYTHON, ReadyProcess, children_of, pid_alive, wait_for
 
 
 @pytest.fixture
@@ -24,8 +24,9 @@ def fake_broker(base_url: str) -> Iterator[FakeBroker]:
 
 
 @pytest.fixture
-def start_agent(base_url: str, part_env: dict[str, str],
-                processes: list[ReadyProcess]) -> Callable[..., ReadyProcess]:
+def start_agent(
+    base_url: str, part_env: dict[str, str], processes: list[ReadyProcess]
+) -> Callable[..., ReadyProcess]:
     def start(*extra: str) -> ReadyProcess:
         argv = [PYTHON, "-m", "workers.agent", "--broker", base_url, "--tasks", "tasks", *extra]
         proc = ReadyProcess(argv, env=part_env)
@@ -49,8 +50,9 @@ def runner_pid(agent: ReadyProcess) -> int:
     return pids[0]
 
 
-def assign(broker: FakeBroker, task: str, args: dict[str, object] | None = None,
-           timeout_s: float | None = None) -> str:
+def assign(
+    broker: FakeBroker, task: str, args: dict[str, object] | None = None, timeout_s: float | None = None
+) -> str:
     job_id = new_job_id()
     payload = json.dumps(args or {}).encode()
     broker.send(Assign(id=job_id, task=task, attempt=1, args=payload, timeout_s=timeout_s))
@@ -75,8 +77,7 @@ def assert_echo_works(broker: FakeBroker) -> None:
 # --- the happy path ---------------------------------------------------------------------
 
 
-def test_ready_announces_tasks_options_and_pid(agent: ReadyProcess,
-                                               fake_broker: FakeBroker) -> None:
+def test_ready_announces_tasks_options_and_pid(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     ready = next(m for _, m in fake_broker.seen if isinstance(m, Ready))
     assert {"echo", "slow", "fail", "crash", "hang", "progress_n", "noop"} <= set(ready.tasks)
     assert ready.options is not None
@@ -85,8 +86,7 @@ def test_ready_announces_tasks_options_and_pid(agent: ReadyProcess,
     assert agent.ready_line.startswith("jobcast agent ready")
 
 
-def test_echo_is_done_with_its_result_in_the_same_child(agent: ReadyProcess,
-                                                        fake_broker: FakeBroker) -> None:
+def test_echo_is_done_with_its_result_in_the_same_child(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     child = runner_pid(agent)
     done = fake_broker.run("echo", b'{"region":"eu","year":2026}')
     assert isinstance(done, Done)
@@ -105,8 +105,9 @@ def test_done_carries_the_last_progress(agent: ReadyProcess, fake_broker: FakeBr
     assert (json.loads(done.result), done.last["done"]) == (10000, 10000)
 
 
-def test_a_raising_task_fails_retryably_with_its_traceback(agent: ReadyProcess,
-                                                           fake_broker: FakeBroker) -> None:
+def test_a_raising_task_fails_retryably_with_its_traceback(
+    agent: ReadyProcess, fake_broker: FakeBroker
+) -> None:
     failed = fake_broker.run("fail")
     assert isinstance(failed, Failed) and failed.retry
     assert (failed.error["type"], failed.error["message"]) == ("ValueError", "boom")
@@ -122,9 +123,9 @@ def test_a_raising_task_fails_retryably_with_its_traceback(agent: ReadyProcess,
         ("echo", b"[1,2]", "BadArguments", "args must be a JSON object"),
     ],
 )
-def test_hopeless_failures_are_not_retried(agent: ReadyProcess, fake_broker: FakeBroker,
-                                           task: str, args: bytes, error_type: str,
-                                           text: str) -> None:
+def test_hopeless_failures_are_not_retried(
+    agent: ReadyProcess, fake_broker: FakeBroker, task: str, args: bytes, error_type: str, text: str
+) -> None:
     failed = fake_broker.run(task, args)
     assert isinstance(failed, Failed) and not failed.retry
     assert failed.error["type"] == error_type and text in failed.error["message"]
@@ -134,8 +135,9 @@ def test_hopeless_failures_are_not_retried(agent: ReadyProcess, fake_broker: Fak
 # --- the child dies, hangs or is cancelled ----------------------------------------------
 
 
-def test_child_killed_mid_job_is_worker_lost_and_replaced(agent: ReadyProcess,
-                                                          fake_broker: FakeBroker) -> None:
+def test_child_killed_mid_job_is_worker_lost_and_replaced(
+    agent: ReadyProcess, fake_broker: FakeBroker
+) -> None:
     child = runner_pid(agent)
     job_id = assign(fake_broker, "slow", {"seconds": 30, "steps": 300})
     wait_assigned(agent, job_id)
@@ -148,12 +150,14 @@ def test_child_killed_mid_job_is_worker_lost_and_replaced(agent: ReadyProcess,
     assert runner_pid(agent) != child
 
 
-def test_a_task_that_exits_is_worker_lost_with_its_code(agent: ReadyProcess,
-                                                        fake_broker: FakeBroker) -> None:
+def test_a_task_that_exits_is_worker_lost_with_its_code(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     failed = fake_broker.run("crash", b'{"how":"exit","code":3}')
     assert isinstance(failed, Failed) and failed.retry
-    assert failed.error == {"type": "WorkerLost", "traceback": "",
-                            "message": "worker process exited with code 3"}
+    assert failed.error == {
+        "type": "WorkerLost",
+        "traceback": "",
+        "message": "worker process exited with code 3",
+    }
     assert_echo_works(fake_broker)
 
 
@@ -171,8 +175,7 @@ def test_timeout_kills_the_child(agent: ReadyProcess, fake_broker: FakeBroker) -
     assert_echo_works(fake_broker)
 
 
-def test_stop_cancels_a_job_at_its_next_progress(agent: ReadyProcess,
-                                                 fake_broker: FakeBroker) -> None:
+def test_stop_cancels_a_job_at_its_next_progress(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     child = runner_pid(agent)
     job_id = assign(fake_broker, "slow", {"seconds": 30, "steps": 300})
     fake_broker.send(Stop(id=job_id, attempt=2))  # another attempt: ignored
@@ -186,8 +189,7 @@ def test_stop_cancels_a_job_at_its_next_progress(agent: ReadyProcess,
     assert_echo_works(fake_broker)
 
 
-def test_stop_kills_a_job_that_never_checks(agent: ReadyProcess,
-                                            fake_broker: FakeBroker) -> None:
+def test_stop_kills_a_job_that_never_checks(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     child = runner_pid(agent)
     job_id = assign(fake_broker, "hang")
     started = time.monotonic()
@@ -214,8 +216,7 @@ def test_an_assign_while_busy_is_refused(agent: ReadyProcess, fake_broker: FakeB
 # --- the broker goes away, or talks nonsense ----------------------------------------------
 
 
-def test_a_silent_broker_is_left_and_rejoined(agent: ReadyProcess,
-                                              fake_broker: FakeBroker) -> None:
+def test_a_silent_broker_is_left_and_rejoined(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     first = fake_broker.peer
     fake_broker.heartbeating = False
     fake_broker.expect(Ready, timeout_s=3.0)  # 3 missed heartbeats, a back-off, a new DEALER
@@ -224,8 +225,7 @@ def test_a_silent_broker_is_left_and_rejoined(agent: ReadyProcess,
     assert_echo_works(fake_broker)
 
 
-def test_bye_from_the_broker_means_reconnect(agent: ReadyProcess,
-                                             fake_broker: FakeBroker) -> None:
+def test_bye_from_the_broker_means_reconnect(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     first = fake_broker.peer
     fake_broker.send(Bye())
     fake_broker.expect(Ready, timeout_s=3.0)
@@ -234,8 +234,14 @@ def test_bye_from_the_broker_means_reconnect(agent: ReadyProcess,
 
 
 def test_junk_frames_do_not_crash_it(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
-    for frames in ([b"junk"], [TAG, b"NOPE", b"{}"], [TAG, b"ASSIGN", b"{not json"],
-                   [TAG, b"ASSIGN", b'{"id":1}'], [b"x"] * 9, [TAG, b"DONE", b"{}"]):
+    for frames in (
+        [b"junk"],
+        [TAG, b"NOPE", b"{}"],
+        [TAG, b"ASSIGN", b"{not json"],
+        [TAG, b"ASSIGN", b'{"id":1}'],
+        [b"x"] * 9,
+        [TAG, b"DONE", b"{}"],
+    ):
         fake_broker.send_raw(frames)
     assert_echo_works(fake_broker)
     assert agent.proc.poll() is None
@@ -245,8 +251,7 @@ def test_junk_frames_do_not_crash_it(agent: ReadyProcess, fake_broker: FakeBroke
 # --- shutdown -------------------------------------------------------------------------------
 
 
-def test_warm_shutdown_says_bye_and_finishes_the_job(agent: ReadyProcess,
-                                                     fake_broker: FakeBroker) -> None:
+def test_warm_shutdown_says_bye_and_finishes_the_job(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     child = runner_pid(agent)
     job_id = assign(fake_broker, "slow", {"seconds": 0.6, "steps": 3})
     wait_assigned(agent, job_id)
@@ -277,7 +282,10 @@ def test_missing_task_module_is_a_clear_error(base_url: str, part_env: dict[str,
 
     proc = subprocess.run(
         [PYTHON, "-m", "workers.agent", "--broker", base_url, "--tasks", "no_such_tasks"],
-        env={**os.environ, **part_env}, capture_output=True, text=True, timeout=30,
+        env={**os.environ, **part_env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "cannot import task module 'no_such_tasks'" in proc.stderr
