@@ -141,7 +141,7 @@ def _check_value(value: Any, depth: int) -> None:
                 raise BadArguments(f"integer out of range ±2**53 (got {_short(value)})")
         case float():
             if not math.isfinite(value):
-                raise BadArguments(f"args must not contain {value}")
+                raise BadArguments(f"args must not contain NaN or Infinity (got {value})")
         case str():
             _check_text(value)
         case list():

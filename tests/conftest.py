@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
-
 from helpers import ReadyProcess, jobcast
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
