@@ -1,0 +1,248 @@
+"""The result cache on a real diskcache in a temp dir: bytes only, expiry, read-only reader.
+
+No sockets. This is the one test module that imports pickle: to forge a tampered row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+from broker.effects import StoreResult
+from broker.errors import UnsafeStoredData
+from broker.results import RESULTS_SUBDIR, ResultReader, ResultStore, prepare_data_dir
+
+JOB_ID = "AbCdEfGhIjKlMnOpQrStUv"
+KEY = "f" * 64
+
+
+@pytest.fixture
+def data_dir() -> Iterator[str]:
+    parent = tempfile.mkdtemp(prefix="jc-")
+    yield os.path.join(parent, "data")
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def store(data_dir: str) -> Iterator[ResultStore]:
+    opened = ResultStore(data_dir)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def reader(data_dir: str) -> Iterator[ResultReader]:
+    opened = ResultReader(data_dir)
+    yield opened
+    opened.close()
+
+
+def record(job_id: str = JOB_ID, result: bytes | None = b'{"total":42}', *,
+           retention_s: float = 3600.0, cache_key: str | None = KEY,
+           ttl_s: float = 86400.0) -> StoreResult:
+    view = {"id": job_id, "state": "done", "done": 3, "total": 3, "seq": 4}
+    return StoreResult(job_id, view, result, retention_s, cache_key, ttl_s)
+
+
+def db_path(data_dir: str) -> str:
+    return os.path.join(data_dir, RESULTS_SUBDIR, "cache.db")
+
+
+# --- writing and reading -------------------------------------------------------------------
+
+
+def test_store_then_read_back(store: ResultStore, reader: ResultReader) -> None:
+    store.store_many([record(), record("B" * 22, None, cache_key=None)])
+    for source in (store, reader):
+        assert source.job(JOB_ID) == (record().view, b'{"total":42}')
+        assert source.job_for_key(KEY) == JOB_ID
+        assert source.job("B" * 22) == (record("B" * 22).view, None)
+        assert source.job("nope") is None
+        assert source.job_for_key("0" * 64) is None
+
+
+def test_large_result_stored_in_a_file(store: ResultStore, reader: ResultReader) -> None:
+    big = json.dumps({"rows": ["x" * 100] * 2000}).encode()  # past diskcache's 32 KiB inline limit
+    store.store_many([record(result=big)])
+    assert store.job(JOB_ID) == (record().view, big)
+    assert reader.job(JOB_ID) == (record().view, big)
+
+
+def test_reader_before_anything_was_stored(data_dir: str) -> None:
+    reader = ResultReader(data_dir)
+    assert reader.job(JOB_ID) is None
+    assert reader.job_for_key(KEY) is None
+    assert not os.path.exists(data_dir)  # a reader never creates anything
+    reader.close()
+
+
+def test_reader_is_read_only(store: ResultStore, reader: ResultReader) -> None:
+    store.store_many([record()])
+    assert reader.job(JOB_ID) is not None
+    connection = reader._connection()
+    assert connection is not None
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        connection.execute("DELETE FROM Cache")
+
+
+READER_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from broker.results import ResultReader
+    reader = ResultReader(sys.argv[1])
+    found = reader.job(sys.argv[2])
+    print(json.dumps({
+        "view": found and found[0],
+        "result": found and found[1] and found[1].decode(),
+        "key": reader.job_for_key(sys.argv[3]),
+    }))
+    reader.close()
+""")
+
+
+def read_in_subprocess(data_dir: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", READER_SCRIPT, data_dir, JOB_ID, KEY],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_reader_in_another_process_while_the_writer_is_open(store: ResultStore,
+                                                            data_dir: str) -> None:
+    store.store_many([record()])
+    seen = read_in_subprocess(data_dir)
+    assert seen == {"view": record().view, "result": '{"total":42}', "key": JOB_ID}
+
+
+def test_reader_in_another_process_after_the_writer_closed(data_dir: str) -> None:
+    writer = ResultStore(data_dir)
+    writer.store_many([record()])
+    writer.close()
+    seen = read_in_subprocess(data_dir)
+    assert seen["key"] == JOB_ID and seen["result"] == '{"total":42}'
+
+
+# --- expiry ----------------------------------------------------------------------------------
+
+
+def test_cache_key_expires_before_the_job_record(store: ResultStore,
+                                                 reader: ResultReader) -> None:
+    store.store_many([record(ttl_s=0.05, retention_s=3600.0)])
+    assert store.job_for_key(KEY) == JOB_ID
+    wait_for(lambda: store.job_for_key(KEY) is None, timeout_s=5)
+    wait_for(lambda: reader.job_for_key(KEY) is None, timeout_s=5)
+    assert store.job(JOB_ID) is not None  # still readable by id
+    assert reader.job(JOB_ID) is not None
+
+
+def test_job_record_expires(store: ResultStore, reader: ResultReader) -> None:
+    store.store_many([record(retention_s=0.05, cache_key=None)])
+    wait_for(lambda: store.job(JOB_ID) is None, timeout_s=5)
+    wait_for(lambda: reader.job(JOB_ID) is None, timeout_s=5)
+
+
+def test_fresh_rows_do_not_expire_early(store: ResultStore, reader: ResultReader) -> None:
+    store.store_many([record(ttl_s=3600.0)])
+    store.store_many([record("C" * 22, retention_s=0.01, cache_key=None)])
+    wait_for(lambda: store.job("C" * 22) is None, timeout_s=5)
+    assert reader.job_for_key(KEY) == JOB_ID
+    assert store.job(JOB_ID) is not None
+
+
+# --- never pickle --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["text", {"a": 1}, 3, None], ids=["str", "dict", "int", "none"])
+def test_safe_disk_refuses_non_bytes_values(store: ResultStore, value: Any) -> None:
+    with pytest.raises(TypeError, match="cache values must be bytes"):
+        store.cache.set("job:x", value)
+    store.cache.set("job:x", b"{}")
+    assert store.cache.get("job:x") == b"{}"
+
+
+@pytest.mark.parametrize("key", [("result", JOB_ID), 3, b"raw", 1.5], ids=["tuple", "int",
+                                                                          "bytes", "float"])
+def test_safe_disk_refuses_non_str_keys(store: ResultStore, key: Any) -> None:
+    with pytest.raises(TypeError, match="cache keys must be str"):
+        store.cache.set(key, b"x")
+    assert store.cache.set("result:ok", b"x")
+
+
+class Evil:
+    """Unpickling this would create a directory: the proof that pickle ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("tampered", ["result", "job", "key"])
+def test_tampered_pickle_row_is_refused(store: ResultStore, reader: ResultReader,
+                                        data_dir: str, tampered: str) -> None:
+    store.store_many([record()])
+    marker = os.path.join(os.path.dirname(data_dir), "pwned")
+    key = f"key:{KEY}" if tampered == "key" else f"{tampered}:{JOB_ID}"
+    with sqlite3.connect(db_path(data_dir)) as db:
+        changed = db.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = ?",
+                             (pickle.dumps(Evil(marker)), key)).rowcount
+    db.close()
+    assert changed == 1
+    read = (lambda s: s.job_for_key(KEY)) if tampered == "key" else (lambda s: s.job(JOB_ID))
+    with pytest.raises(UnsafeStoredData, match="tampered"):
+        read(store)
+    with pytest.raises(UnsafeStoredData, match="pickled"):
+        read(reader)
+    assert not os.path.exists(marker)
+
+
+def test_tampered_key_column_is_refused(store: ResultStore, data_dir: str) -> None:
+    store.store_many([record()])
+    with sqlite3.connect(db_path(data_dir)) as db:
+        db.execute("UPDATE Cache SET raw = 0, key = ? WHERE key = ?",
+                   (pickle.dumps(("job", JOB_ID)), f"job:{JOB_ID}"))
+    db.close()
+    assert store.job(JOB_ID) is None  # a str key never matches a pickled one
+    with pytest.raises(UnsafeStoredData, match="unpickle"):
+        list(store.cache.iterkeys())
+
+
+# --- the data dir ------------------------------------------------------------------------------
+
+
+def test_prepare_data_dir_creates_it_private(data_dir: str) -> None:
+    path = prepare_data_dir(data_dir)
+    assert path == os.path.abspath(data_dir)
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    assert prepare_data_dir(data_dir) == path  # an existing private dir is fine
+
+
+def test_result_store_dirs_are_private(store: ResultStore, data_dir: str) -> None:
+    assert stat.S_IMODE(os.stat(os.path.join(data_dir, RESULTS_SUBDIR)).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_prepare_data_dir_refuses_a_writable_dir(data_dir: str, mode: int) -> None:
+    os.mkdir(data_dir)
+    os.chmod(data_dir, mode)
+    with pytest.raises(UnsafeStoredData, match=f"group- or world-writable \\(mode {mode:o}\\)"):
+        prepare_data_dir(data_dir)
+    with pytest.raises(UnsafeStoredData):
+        ResultStore(data_dir)
+    os.chmod(data_dir, 0o700)
+    assert prepare_data_dir(data_dir) == os.path.abspath(data_dir)
