@@ -85,7 +85,7 @@ def test_submit_body_defaults() -> None:
         ({"task": ""}, "task name"),
         ({"task": "t", "extra": 1}, "unknown field 'extra'"),
         ({"task": "t", "args": [1]}, "args must be a JSON object"),
-        ({"task": "t", "args": {"x": float("nan")}}, "must not contain nan"),
+        ({"task": "t", "args": {"x": float("nan")}}, "must not contain NaN"),
         ({"task": "t", "args": {"x": 10**30}}, "out of range"),
         ({"task": "t", "force": "yes"}, "force must be true or false"),
         ({"task": "t", "priority": "urgent"}, "priority must be one of"),
@@ -107,12 +107,16 @@ def test_submit_body_too_large() -> None:
 # --- query args and rendering (S11) --------------------------------------------------------
 
 
-def test_query_values_become_ints_only_when_plainly_integers() -> None:
+def test_query_values_become_numbers_only_when_plainly_numbers() -> None:
     assert _coerce("2026") == 2026
     assert _coerce("-3") == -3
     assert _coerce("0") == 0
     assert _coerce("01234") == "01234"
     assert _coerce("1e3") == "1e3"
+    assert _coerce("0.05") == 0.05
+    assert _coerce("-2.5") == -2.5
+    assert _coerce("1.") == "1."
+    assert _coerce("00.5") == "00.5"
     assert _coerce("9" * 30) == "9" * 30
 
 

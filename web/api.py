@@ -154,7 +154,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 routes: Final = [
     Route("/api/jobs", submit_job, methods=["POST"]),
-    Route("/api/jobs/{job_id}", job_status, methods=["GET"]),
-    Route("/api/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/api/jobs/{job_id:path}", job_status, methods=["GET"]),
+    Route("/api/jobs/{job_id:path}", cancel_job, methods=["DELETE"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]

@@ -24,6 +24,7 @@ from web.render import Markup, escape, render, render_result
 from web.settings import Settings
 
 INT_PATTERN: Final = re.compile(r"0|-?[1-9][0-9]{0,14}")
+DECIMAL_PATTERN: Final = re.compile(r"-?(0|[1-9][0-9]{0,14})\.[0-9]{1,15}")
 MAX_NEXT_CHARS: Final = 2048
 DEMO_FEEDS: Final = ("python.xml", "jobcast-atom.xml", "tricky.xml")
 ROBOTS: Final = "User-agent: *\nDisallow: /jobs/\nDisallow: /api/\nDisallow: /reports/\n"
@@ -41,7 +42,7 @@ def safe_next(value: str | None) -> str:
 
 
 def query_args(request: Request) -> dict[str, Any]:
-    """Report filters from the query string: repeated keys become lists, integers ints."""
+    """Report filters from the query string: repeated keys become lists, plain numbers numbers."""
     args: dict[str, Any] = {}
     for key in request.query_params:
         values = [_coerce(value) for value in request.query_params.getlist(key)]
@@ -49,8 +50,10 @@ def query_args(request: Request) -> dict[str, Any]:
     return args
 
 
-def _coerce(value: str) -> int | str:
-    return int(value) if INT_PATTERN.fullmatch(value) else value
+def _coerce(value: str) -> int | float | str:
+    if INT_PATTERN.fullmatch(value):
+        return int(value)
+    return float(value) if DECIMAL_PATTERN.fullmatch(value) else value
 
 
 def _base(request: Request) -> str:
@@ -120,7 +123,7 @@ async def robots(request: Request) -> PlainTextResponse:
 
 routes: Final = [
     Route("/", index, methods=["GET"]),
-    Route("/jobs/{job_id}", job_page, methods=["GET"]),
+    Route("/jobs/{job_id:path}", job_page, methods=["GET"]),
     Route("/reports/{task}", report, methods=["GET"]),
     Route("/robots.txt", robots, methods=["GET"]),
 ]
