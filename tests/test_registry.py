@@ -100,3 +100,17 @@ def test_load_modules_failing_module_is_a_clear_error(tmp_path: Any, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(TaskModuleError, match="'broken_tasks_mod' failed to import: RuntimeError: oops"):
         registry.load_modules(["broken_tasks_mod"])
+
+
+def test_demo_report_has_steady_progress_and_a_deterministic_result() -> None:
+    registry.load_modules(["workers.demo"])
+    report = registry.lookup("report")
+    assert report.timeout_s == 600.0
+    first = Job("j-demo", 1)
+    result = report(first, region="eu", year=2026, steps=8, step_s=0)
+    assert len(result["rows"]) == 8
+    assert result["total"]["orders"] == sum(row["orders"] for row in result["rows"])
+    assert first.last is not None and (first.last["done"], first.last["total"]) == (8, 8)
+    assert report(Job("j-demo", 2), region="eu", year=2026, steps=8, step_s=0) == result
+    with pytest.raises(ValueError, match="steps must be an int"):
+        report(Job("j-demo", 3), steps=0, step_s=0)

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the runner child (started by the agent, never by users)."""
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which decides
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s runner: %(message)s")
+    logging.basicConfig(level=os.environ.get("JOBCAST_LOG", "INFO"),
+                        format="%(levelname)s runner %(process)d: %(message)s")
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     registry.load_modules(args.tasks)
     context = zmq.Context()
