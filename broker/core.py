@@ -157,12 +157,14 @@ class BrokerProtocol:
 
     def tick(self, now: float) -> None:
         """Heartbeats, dead workers and delayed jobs; call every loop iteration."""
+        lost = False
         for peer, slot in list(self.workers.items()):
             if slot.liveness.expired(now):
                 self._worker_gone(peer, now, reason=self._silence(slot), lost=True)
+                lost = True
             elif slot.liveness.due(now):
                 self._send_worker(peer, p.Heartbeat(), now)
-        if self.queue.promote_due(self._wall(now)):
+        if self.queue.promote_due(self._wall(now)) or lost:
             self._dispatch(now)
 
     def next_deadline(self) -> float:
@@ -227,10 +229,10 @@ class BrokerProtocol:
         self.by_key[job.cache_key] = job.id
         self.counters["submitted"] += 1
         self._journal(job)
+        self._publish(job, now)
         self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
         logger.info("job %s queued (%s)", job.id, job.task)
-        self._publish(job, now)
         self._dispatch(now)
 
     def restore(self, records: list[dict[str, Any]], now: float) -> None:
@@ -294,6 +296,8 @@ class BrokerProtocol:
         if job is None:
             return
         self._release(peer)
+        if job.is_final:
+            return  # cancelled while it ran: the cancel already published the final state
         if msg.last:
             job.done = _int(msg.last.get("done"), job.done)
             job.total = _int(msg.last.get("total"), job.total)
@@ -405,13 +409,14 @@ class BrokerProtocol:
             del self.by_key[job.cache_key]
         self.etas.pop(job.id, None)
         self._effects.append(Journal({"op": "end", "id": job.id}))
+        job.seq += 1  # the final event's seq, so the stored view and the event agree
         view = job.view(self.epoch)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
         self._effects.append(StoreResult(
             job.id, view, job.result, retention_s(ttl_s), job.cache_key if ttl_s > 0 else None, ttl_s,
         ))
+        self._effects.append(Publish(p.encode(self._event(job, now))))
         logger.info("job %s → %s", job.id, state)
-        self._publish(job, now)
         for peer, req in self.waiters.pop(job.id, []):
             self._send_client(peer, p.Snapshot(req=req, job=view, result=job.result))
         self._remember_finished(job.id)

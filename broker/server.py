@@ -41,6 +41,7 @@ class BrokerServer:
 
     def __init__(self, base_url: str, data_dir: str) -> None:
         check_loopback(base_url)
+        os.umask(0o077)  # the data dir, its files and ipc sockets: this user only
         self.base_url = base_url
         self.endpoints: Endpoints = endpoints(base_url)
         self.data_dir = prepare_data_dir(data_dir)

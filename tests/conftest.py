@@ -8,10 +8,32 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import ReadyProcess, jobcast
+from helpers import ReadyProcess, children_of, jobcast, pid_alive, wait_for
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 HEARTBEAT_S = "0.1"  # small heartbeats so that death is detected in a fraction of a second
+
+
+def _own_processes() -> set[int]:
+    """Live descendants of this pytest process, except a shared browser driver."""
+    found = set()
+    for pid in children_of(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if pid_alive(pid) and b"playwright" not in argv and b"chrom" not in argv:
+            found.add(pid)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_orphans() -> Iterator[None]:
+    """Every process a test starts is gone when it ends."""
+    before = _own_processes()
+    yield
+    wait_for(lambda: not (_own_processes() - before), timeout_s=15)
 
 
 @pytest.fixture

@@ -35,21 +35,33 @@ class ReadyProcess:
     kept for failure messages. ``stop()`` terminates, then kills, then waits.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None,
-                 ready_timeout_s: float = 20.0, cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 20.0,
+        cwd: str | None = None,
+    ) -> None:
         self.argv = argv
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd,
-            text=True, start_new_session=True,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+            text=True,
+            start_new_session=True,
         )
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
         self._lines: queue.Queue[str] = queue.Queue()
         self._readers = [
             threading.Thread(target=self._pump, args=(stream, sink, is_out), daemon=True)
-            for stream, sink, is_out in ((self.proc.stdout, self.stdout_lines, True),
-                                         (self.proc.stderr, self.stderr_lines, False))
+            for stream, sink, is_out in (
+                (self.proc.stdout, self.stdout_lines, True),
+                (self.proc.stderr, self.stderr_lines, False),
+            )
         ]
         for reader in self._readers:
             reader.start()
@@ -117,7 +129,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (ProcessLookupError, FileNotFoundError, IndexError):
         return False
 
 
@@ -129,7 +141,7 @@ def children_of(pid: int) -> list[int]:
             try:
                 with open(f"/proc/{entry}/stat") as stat:
                     parents[int(entry)] = int(stat.read().split(") ", 1)[1].split()[1])
-            except (FileNotFoundError, IndexError, ValueError):
+            except (ProcessLookupError, FileNotFoundError, IndexError, ValueError):
                 continue
     found, frontier = [], [pid]
     while frontier:

@@ -372,16 +372,8 @@ def test_heartbeat_expiry_requeues_on_the_next_worker(broker: Harness) -> None:
     assert W1 not in broker.core.workers
     view = broker.status(job_id, 3.7).job
     assert (view["state"], view["attempts"]) == ("running", 2)
-    assert view["error"]["type"] == "WorkerLost"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core.tick() re-queues a dead worker's job but only dispatches when promote_due() moved "
-        "a delayed job, so an idle live worker waits for its next message before getting it"
-    ),
-)
 def test_heartbeat_expiry_reassigns_within_the_same_tick(broker: Harness) -> None:
     broker.ready(W1, 0.0)
     broker.ready(W2, 0.0)
@@ -502,15 +494,6 @@ def test_cancel_running_job_stops_its_worker(broker: Harness) -> None:
     assert broker.status(job_id, 2.0).job["state"] == "cancelled"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "core._worker_done() does not check job.is_final: a Done racing a cancel calls "
-        "_finish(DONE) on a cancelled job and Job.move_to raises 'illegal transition "
-        "cancelled → done' out of receive_worker"
-    ),
-)
 def test_done_racing_a_cancel_is_ignored(broker: Harness) -> None:
     job_id, assign = run_to_assign(broker)
     broker.client(C2, p.Cancel(req=5, id=job_id), 1.0)
@@ -717,14 +700,6 @@ def test_stats_reply(broker: Harness) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core._finish() builds the job view (StoreResult and the waiters' Snapshot) before "
-        "_publish() bumps seq, so a final snapshot says seq N-1 although event N-1 was "
-        "'running' and the final event is N: same seq, two states"
-    ),
-)
 def test_final_snapshot_carries_the_final_event_seq(broker: Harness) -> None:
     job_id, assign = run_to_assign(broker)
     broker.client(C2, p.Wait(req=7, id=job_id), 0.5)
