@@ -196,6 +196,7 @@ def test_submit_replies_snapshot_and_publishes_queued(broker: Harness) -> None:
     )
     (event,) = events(effects)
     assert (event.id, event.state, event.seq, event.epoch) == (snapshot.job["id"], "queued", 1, 1)
+    assert snapshot.job["seq"] == event.seq  # the reply shows the state of that event
     assert event.ts == pytest.approx(WALL_OFFSET_S)
     assert index_of(effects, lambda e: isinstance(e, Journal)) < index_of(
         effects, lambda e: isinstance(e, SendClient)
