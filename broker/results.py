@@ -51,6 +51,8 @@ class SafeDisk(diskcache.Disk):  # type: ignore[misc]
         """Refuse rows whose mode says pickle."""
         if mode not in (MODE_RAW, MODE_BINARY):
             raise UnsafeStoredData(f"refusing to read a cache row of mode {mode} (tampered row?)")
+        if filename is not None:
+            inside(self._directory, filename)
         return super().fetch(mode, filename, value, read)
 
 
@@ -138,7 +140,7 @@ class ResultReader:
         if mode == MODE_RAW:
             return bytes(value)
         if mode == MODE_BINARY and filename is not None:
-            with open(os.path.join(self.directory, filename), "rb") as reader:
+            with open(inside(self.directory, filename), "rb") as reader:
                 return reader.read()
         kind = "pickled" if mode == MODE_PICKLE else f"mode {mode}"
         raise UnsafeStoredData(f"refusing to read a {kind} cache row (tampered row?)")
@@ -160,6 +162,15 @@ class ResultReader:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def inside(directory: str, filename: str) -> str:
+    """The path of a cache file, refusing names that escape the cache directory."""
+    base = os.path.realpath(directory)
+    path = os.path.realpath(os.path.join(base, filename))
+    if os.path.commonpath([base, path]) != base:
+        raise UnsafeStoredData(f"refusing a cache file outside {base} (tampered row?)")
+    return path
 
 
 def _dump(value: dict[str, Any]) -> bytes:

@@ -246,3 +246,17 @@ def test_prepare_data_dir_refuses_a_writable_dir(data_dir: str, mode: int) -> No
         ResultStore(data_dir)
     os.chmod(data_dir, 0o700)
     assert prepare_data_dir(data_dir) == os.path.abspath(data_dir)
+
+
+def test_a_file_name_escaping_the_cache_dir_is_refused(store: ResultStore, reader: ResultReader,
+                                                        data_dir: str) -> None:
+    big = json.dumps({"rows": ["x" * 100] * 2000}).encode()
+    store.store_many([record(result=big)])
+    with sqlite3.connect(db_path(data_dir)) as db:
+        db.execute("UPDATE Cache SET filename = ? WHERE key = ?",
+                   ("../../../../../../etc/hostname", f"result:{JOB_ID}"))
+    for source in (store, reader):
+        with pytest.raises(UnsafeStoredData, match="outside"):
+            source.job(JOB_ID)
+    store.store_many([record("C" * 22, b"[1]", cache_key=None)])
+    assert reader.job("C" * 22) == (record("C" * 22).view, b"[1]")
