@@ -24,8 +24,9 @@ def ledger_lines(path: str) -> list[list[str]]:
         return [line.split() for line in ledger if line.strip()]
 
 
-def test_submit_progress_events_then_result(client: Client,
-                                            start_workers: Callable[..., ReadyProcess]) -> None:
+def test_submit_progress_events_then_result(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
     start_workers(1)
     job = client.submit("progress_n", {"n": 50_000})
     events = list(job.events())
@@ -38,8 +39,9 @@ def test_submit_progress_events_then_result(client: Client,
     assert client.status(job.id)["attempts"] == 1
 
 
-def test_map_200_jobs_over_4_slots_in_order(client: Client,
-                                            start_workers: Callable[..., ReadyProcess]) -> None:
+def test_map_200_jobs_over_4_slots_in_order(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
     start_workers(4)
     results = client.map("echo", [{"i": i} for i in range(200)], timeout=60)
     assert results == [{"i": i} for i in range(200)]
@@ -78,8 +80,9 @@ def test_killed_slot_is_detected_by_heartbeats(
     assert pool.proc.poll() is None, "the pool survives the loss of one slot"
 
 
-def test_failure_is_reported_with_its_error(client: Client,
-                                            start_workers: Callable[..., ReadyProcess]) -> None:
+def test_failure_is_reported_with_its_error(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
     start_workers(1)
     job = client.submit("fail", {})
     with pytest.raises(JobFailed) as caught:
@@ -114,8 +117,13 @@ def test_malformed_frames_get_an_error_and_change_nothing(
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(client.endpoints.clients)
     try:
-        junk = [[b"junk"], [p.TAG, b"NOPE", b"{}"], [p.TAG, b"SUBMIT", b"not json"],
-                [p.TAG, b"SUBMIT", b'{"req": "x"}', b"{}"], [b"x"] * 9]
+        junk = [
+            [b"junk"],
+            [p.TAG, b"NOPE", b"{}"],
+            [p.TAG, b"SUBMIT", b"not json"],
+            [p.TAG, b"SUBMIT", b'{"req": "x"}', b"{}"],
+            [b"x"] * 9,
+        ]
         for frames in junk:
             raw.send_multipart(frames)
             assert raw.poll(5000), f"no reply to {frames!r}"
@@ -129,7 +137,9 @@ def test_malformed_frames_get_an_error_and_change_nothing(
 
 
 def test_client_that_vanishes_while_waiting_leaves_broker_healthy(
-    client: Client, start_workers: Callable[..., ReadyProcess], base_url: str,
+    client: Client,
+    start_workers: Callable[..., ReadyProcess],
+    base_url: str,
     part_env: dict[str, str],
 ) -> None:
     start_workers(1)
@@ -138,8 +148,12 @@ def test_client_that_vanishes_while_waiting_leaves_broker_healthy(
         "c = Client(sys.argv[1]); j = c.submit('slow', {'seconds': 1.0})\n"
         "print(j.id, flush=True); j.result(timeout=30)\n"
     )
-    with subprocess.Popen([sys.executable, "-c", code, base_url], stdout=subprocess.PIPE,
-                          text=True, env={**os.environ, **part_env}) as waiter:
+    with subprocess.Popen(
+        [sys.executable, "-c", code, base_url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **part_env},
+    ) as waiter:
         assert waiter.stdout is not None
         job_id = waiter.stdout.readline().strip()
         waiter.kill()
@@ -153,8 +167,9 @@ def test_cancel_queued_job(client: Client) -> None:
     assert client.status(job.id)["state"] == "cancelled"
 
 
-def test_pool_stops_cleanly_without_orphans(start_workers: Callable[..., ReadyProcess],
-                                            client: Client) -> None:
+def test_pool_stops_cleanly_without_orphans(
+    start_workers: Callable[..., ReadyProcess], client: Client
+) -> None:
     pool = start_workers(2)
     wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
     descendants = children_of(pool.pid)
@@ -165,7 +180,8 @@ def test_pool_stops_cleanly_without_orphans(start_workers: Callable[..., ReadyPr
 
 
 def test_broker_killed_and_restarted_keeps_acknowledged_jobs(
-    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    start_broker: Callable[..., ReadyProcess],
+    start_workers: Callable[..., ReadyProcess],
     base_url: str,
 ) -> None:
     first = start_broker()
@@ -178,3 +194,43 @@ def test_broker_killed_and_restarted_keeps_acknowledged_jobs(
     start_workers(2)
     with Client(base_url, timeout_s=10) as client:
         assert [client.result(job_id, timeout=20) for job_id in ids] == [{"i": i} for i in range(20)]
+
+
+def test_a_second_pool_started_later_takes_work_at_once(
+    client: Client, start_workers: Callable[..., ReadyProcess], tmpdir_short: str
+) -> None:
+    start_workers(1)
+    ledger = os.path.join(tmpdir_short, "ledger")
+    jobs = [client.submit("ledger", {"path": ledger, "seconds": 1.5 + n / 100}) for n in range(2)]
+    wait_for(lambda: len(ledger_lines(ledger)) == 1, timeout_s=10)
+    start_workers(1)
+    wait_for(lambda: len(ledger_lines(ledger)) >= 3, timeout_s=10)
+    first_two = [line[3] for line in ledger_lines(ledger)[:3]]
+    assert first_two[:2] == ["start", "start"], "the new pool started the queued job while the first ran"
+    for job in jobs:
+        job.result(timeout=10)
+
+
+def test_async_client_submit_events_result(broker: ReadyProcess, base_url: str,
+                                           start_workers: Callable[..., ReadyProcess]) -> None:
+    import asyncio
+
+    from broker.client import AsyncClient
+
+    start_workers(1)
+
+    async def scenario() -> None:
+        client = AsyncClient(base_url, timeout_s=10)
+        try:
+            job = await client.submit("slow", {"seconds": 0.3, "steps": 3})
+            events = [event async for event in job.events()]
+            assert events[-1]["state"] == "done"
+            assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
+            assert await job.result(timeout=10) == {"steps": 3}
+            assert (await client.status(job.id))["state"] == "done"
+            again = await client.submit("slow", {"seconds": 0.3, "steps": 3})
+            assert again.view["cached"] and again.view["result"] == {"steps": 3}
+        finally:
+            await client.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
