@@ -257,8 +257,6 @@ def test_warm_shutdown_says_bye_and_finishes_the_job(agent: ReadyProcess, fake_b
     wait_assigned(agent, job_id)
     agent.signal(signal.SIGTERM)
     fake_broker.expect(Bye)
-    refused = fake_broker.run("echo")  # no new work while stopping
-    assert isinstance(refused, Failed) and refused.error["type"] == "Busy"
     assert isinstance(outcome(fake_broker, job_id), Done)
     assert agent.wait(timeout_s=5) == 0
     assert not pid_alive(child)
@@ -270,6 +268,8 @@ def test_second_signal_is_cold(agent: ReadyProcess, fake_broker: FakeBroker) -> 
     wait_assigned(agent, job_id)
     agent.signal(signal.SIGTERM)
     fake_broker.expect(Bye)
+    refused = fake_broker.run("echo")  # no new work while stopping
+    assert isinstance(refused, Failed) and refused.error["type"] == "Busy"
     agent.signal(signal.SIGINT)
     failed = outcome(fake_broker, job_id)
     assert isinstance(failed, Failed) and failed.retry and failed.error["type"] == "WorkerLost"
