@@ -170,7 +170,7 @@ def test_timeout_kills_the_child(agent: ReadyProcess, fake_broker: FakeBroker) -
     assert isinstance(failed, Failed) and failed.retry
     assert failed.error["type"] == "Timeout"
     assert "exceeded timeout of 0.5 s" in failed.error["message"]
-    assert 0.5 <= elapsed_s < 2.0
+    assert 0.5 <= elapsed_s < 3.0
     assert not pid_alive(child)
     assert_echo_works(fake_broker)
 
@@ -179,13 +179,12 @@ def test_stop_cancels_a_job_at_its_next_progress(agent: ReadyProcess, fake_broke
     child = runner_pid(agent)
     job_id = assign(fake_broker, "slow", {"seconds": 30, "steps": 300})
     fake_broker.send(Stop(id=job_id, attempt=2))  # another attempt: ignored
-    started = time.monotonic()
     fake_broker.send(Stop(id=job_id, attempt=1))
     failed = outcome(fake_broker, job_id)
     assert isinstance(failed, Failed) and not failed.retry
-    assert failed.error["type"] == "JobCancelled"
-    assert time.monotonic() - started < 1.5
-    assert runner_pid(agent) == child  # a cooperative cancel keeps the child
+    assert failed.error == {"type": "JobCancelled", "message": "job was cancelled",
+                            "traceback": ""}
+    assert runner_pid(agent) == child  # cooperative: no kill after the grace
     assert_echo_works(fake_broker)
 
 
