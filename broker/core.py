@@ -286,9 +286,12 @@ class BrokerProtocol:
         if peer in self.workers:
             self._worker_gone(peer, now, reason="worker re-registered", lost=False)
         liveness = Liveness(self.heartbeat_s, last_heard=now, last_sent=now)
-        self.workers[peer] = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
+        slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
+        slot.busy_from_before = msg.busy
+        self.workers[peer] = slot
         self.defaults.learn(msg.tasks, msg.options or {})
-        self.idle.add(peer)
+        if not msg.busy:
+            self.idle.add(peer)
         logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
@@ -334,12 +337,25 @@ class BrokerProtocol:
     def _held_job(self, peer: bytes, job_id: str, attempt: int) -> Job | None:
         slot = self.workers.get(peer)
         job = self.jobs.get(job_id)
+        if slot is not None and slot.busy_from_before and slot.job_id is None:
+            slot.busy_from_before = False  # its attempt from before a reconnect ended: idle now
+            self.idle.add(peer)
+            if job is not None and job.state is State.QUEUED and job.attempts == attempt:
+                self._adopt(slot, job)  # not yet re-run elsewhere: take the late outcome once
         if slot is None or slot.job_id != job_id or job is None or job.attempts != attempt:
             self.counters["stale_messages"] += 1
             logger.warning("job %s: dropped a result for attempt %s from %s (not its holder)",
                            job_id, attempt, peer.hex())
             return None
         return job
+
+    def _adopt(self, slot: WorkerSlot, job: Job) -> None:
+        self.idle.remove(slot.peer)
+        slot.job_id = job.id
+        job.move_to(State.RUNNING)
+        job.worker = slot.peer
+        logger.info("job %s: late outcome of attempt %s accepted from %s", job.id, job.attempts,
+                    slot.peer.hex())
 
     def _release(self, peer: bytes) -> None:
         slot = self.workers.get(peer)

@@ -21,6 +21,7 @@ class WorkerSlot:
     pid: int = 0
     host: str = ""
     job_id: str | None = None
+    busy_from_before: bool = False  # still running an attempt from before it reconnected
 
 
 class TaskDefaults:

@@ -149,10 +149,13 @@ class Ready:
     """A worker slot announces itself and the tasks it can run.
 
     ``options`` maps a task name to its defaults: ``ttl_s``, ``timeout_s``, ``max_attempts``.
+    ``busy`` says the slot still runs an attempt from before it reconnected: it is not idle
+    until it reports that attempt's outcome.
     """
 
     tasks: list[str]
     options: dict[str, Any] | None = None
+    busy: bool = False
     pid: int = 0
     host: str = ""
 

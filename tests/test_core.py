@@ -707,3 +707,30 @@ def test_final_snapshot_carries_the_final_event_seq(broker: Harness) -> None:
     effects = finish(broker, W1, assign, 1.0)
     (final,) = events(effects)
     assert assert_sent(effects, C2, p.Snapshot).job["seq"] == final.seq
+
+
+def test_worker_back_from_a_partition_is_busy_then_its_late_result_counts_once(
+    broker: Harness,
+) -> None:
+    broker.ready(W1, 0.0)
+    job_id = assert_sent(broker.submit(C1, 0.0), W1, p.Assign).id
+    broker.tick(3.5)  # W1 silent: lost, its job re-queued (no other worker)
+    back = broker.worker(W1, p.Ready(tasks=["echo", "report"], busy=True), 4.0)
+    assert_not_sent(back, p.Assign)  # still busy with attempt 1: not idle
+    done = broker.worker(W1, p.Done(id=job_id, attempt=1, result=b"[1]"), 4.1)
+    assert states(done) == ["done"]
+    assert broker.status(job_id, 4.2).result == b"[1]"
+    again = broker.submit(C1, 4.3, args={"other": 1})
+    assert_sent(again, W1, p.Assign)  # idle again after its late outcome
+
+
+def test_late_result_of_a_superseded_attempt_is_dropped(broker: Harness) -> None:
+    broker.ready(W1, 0.0)
+    job_id = assert_sent(broker.submit(C1, 0.0), W1, p.Assign).id
+    broker.tick(3.5)
+    assert_sent(broker.ready(W2, 3.6), W2, p.Assign, id=job_id, attempt=2)
+    broker.worker(W1, p.Ready(tasks=["echo", "report"], busy=True), 4.0)
+    late = broker.worker(W1, p.Done(id=job_id, attempt=1, result=b"[1]"), 4.1)
+    assert states(late) == []
+    assert broker.core.counters["stale_messages"] == 1
+    assert broker.status(job_id, 4.2).job["state"] == "running"

@@ -52,7 +52,7 @@ class Agent:
         self.notify_fd = notify_fd
         self.context = zmq.Context()
         self.poller = zmq.Poller()
-        self.connection = BrokerConnection(self.context, self.poller, broker, _ready)
+        self.connection = BrokerConnection(self.context, self.poller, broker, self._ready)
         self.notified = False
         self.child: Child | None = None
         self.child_backoff = Backoff()
@@ -300,6 +300,10 @@ class Agent:
         except OSError:
             logger.warning("could not notify the pool")
 
+    def _ready(self) -> Ready:
+        return Ready(tasks=registry.names(), options=registry.options(), pid=os.getpid(),
+                     host=socket.gethostname(), busy=self.current is not None)  # fmt: skip
+
     def _close(self) -> None:
         child = self._drop_child()
         if child is not None:
@@ -308,11 +312,6 @@ class Agent:
         self.signals.close()
         self.connection.close()
         self.context.term()
-
-
-def _ready() -> Ready:
-    return Ready(tasks=registry.names(), options=registry.options(), pid=os.getpid(),
-                 host=socket.gethostname())  # fmt: skip
 
 
 def _task_timeout_s(msg: Assign) -> float | None:
