@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 TaskFunction = Callable[..., Any]
 F = TypeVar("F", bound=TaskFunction)
-DEFAULT_TASK_MODULES: Final = ("workers.demo",)
+DEFAULT_TASK_MODULES: Final = ("workers.demo", "workers.feeds")
 
 
 class TaskModuleError(JobcastError, ImportError):
