@@ -39,13 +39,14 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)  # registered for ApiError only
-    return error_response(exc.status, exc.message)
+    status = exc.status if isinstance(exc, ApiError) else 400
+    return error_response(status, str(exc))
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, exc.detail)
+    if isinstance(exc, HTTPException):
+        return error_response(exc.status_code, exc.detail)
+    return error_response(400, str(exc))
 
 
 def _status_handler(status: int, fixed_message: str | None = None) -> ExceptionHandler:

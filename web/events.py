@@ -17,9 +17,9 @@ import logging
 from typing import Any, Final
 
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from broker.errors import UnknownJob
+from broker.errors import JobcastError, UnknownJob
 from broker.jobs import is_job_id
 from web.errors import NO_SUCH_JOB, error_response
 from web.relay import Cursor, Watch, clone_join, is_final, snapshot_message
@@ -71,8 +71,12 @@ async def job_events(websocket: WebSocket) -> None:
             await websocket.accept()
             await _stream(websocket, watch, snapshot, after)
     except UnknownJob:
-        if websocket.client_state.name == "CONNECTING":
+        if websocket.client_state == WebSocketState.CONNECTING:
             await deny(websocket, 404, NO_SUCH_JOB)
+    except (TimeoutError, JobcastError) as exc:
+        logger.warning("job %s: events refused: %s", job_id[:32], exc)
+        if websocket.client_state == WebSocketState.CONNECTING:
+            await deny(websocket, 503, "the broker did not answer")
 
 
 async def _stream(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
