@@ -116,7 +116,7 @@ class BrokerProtocol:
             case p.Failed():
                 self._worker_failed(peer, msg, now)
             case p.Bye():
-                self._worker_gone(peer, now, reason="worker said goodbye", lost=False)
+                self._worker_leaving(peer, now)
             case _:
                 self._invalid(peer, ProtocolError(f"{type(msg).__name__} is not a worker message"),
                               to_worker=True)
@@ -334,6 +334,16 @@ class BrokerProtocol:
         else:
             self._requeue(job, now, delay_s=0.0)
 
+    def _worker_leaving(self, peer: bytes, now: float) -> None:
+        """Warm shutdown: a busy worker finishes its job first; an idle one goes at once."""
+        slot = self.workers.get(peer)
+        if slot is None or slot.job_id is None:
+            self._worker_gone(peer, now, reason="worker said goodbye", lost=False)
+            return
+        slot.leaving = True
+        self.idle.remove(peer)
+        logger.info("job %s: worker %s leaves after this job", slot.job_id, peer.hex())
+
     def _held_job(self, peer: bytes, job_id: str, attempt: int) -> Job | None:
         slot = self.workers.get(peer)
         job = self.jobs.get(job_id)
@@ -359,8 +369,12 @@ class BrokerProtocol:
 
     def _release(self, peer: bytes) -> None:
         slot = self.workers.get(peer)
-        if slot is not None:
-            slot.job_id = None
+        if slot is None:
+            return
+        slot.job_id = None
+        if slot.leaving:
+            del self.workers[peer]
+        else:
             self.idle.add(peer)
 
     def _attempt_failed(self, job: Job, error: dict[str, str], now: float, *,

@@ -22,6 +22,7 @@ class WorkerSlot:
     host: str = ""
     job_id: str | None = None
     busy_from_before: bool = False  # still running an attempt from before it reconnected
+    leaving: bool = False  # said Bye while busy: finish the job, then go
 
 
 class TaskDefaults:

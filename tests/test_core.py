@@ -417,12 +417,13 @@ def test_worker_unreachable_requeues_its_job(broker: Harness) -> None:
     assert_sent(effects, W2, p.Assign, id=job_id, attempt=2)
 
 
-def test_bye_requeues_without_losing_the_job(broker: Harness) -> None:
+def test_leaving_worker_that_dies_before_finishing_loses_nothing(broker: Harness) -> None:
     job_id, _ = run_to_assign(broker)
-    effects = broker.worker(W1, p.Bye(), 1.0)
-    assert states(effects) == ["queued"]
-    assert broker.core.counters["workers_lost"] == 0
-    assert_sent(broker.ready(W2, 1.5), W2, p.Assign, id=job_id)
+    assert states(broker.worker(W1, p.Bye(), 1.0)) == []
+    broker.ready(W2, 1.5)
+    requeued = broker.tick(4.2)  # W1 silent past its liveness (W2 heard at 1.5 is not)
+    assert states(requeued)[0] == "queued"
+    assert_sent(requeued, W2, p.Assign, id=job_id, attempt=2)
 
 
 def test_heartbeat_from_an_unknown_worker_gets_bye(broker: Harness) -> None:
@@ -734,3 +735,23 @@ def test_late_result_of_a_superseded_attempt_is_dropped(broker: Harness) -> None
     assert states(late) == []
     assert broker.core.counters["stale_messages"] == 1
     assert broker.status(job_id, 4.2).job["state"] == "running"
+
+
+def test_warm_shutdown_finishes_the_job_instead_of_requeueing_it(broker: Harness) -> None:
+    broker.ready(W1, 0.0)
+    broker.ready(W2, 0.0)
+    job_id = assert_sent(broker.submit(C1, 0.0), W1, p.Assign).id
+    bye = broker.worker(W1, p.Bye(), 0.5)
+    assert states(bye) == [] and sent(bye, W2, p.Assign) == [], "not re-queued"
+    other = broker.submit(C1, 0.6, args={"n": 2})
+    assert_sent(other, W2, p.Assign)
+    assert sent(other, W1, p.Assign) == [], "a leaving worker takes no new job"
+    done = broker.worker(W1, p.Done(id=job_id, attempt=1, result=b"{}"), 1.0)
+    assert states(done) == ["done"]
+    assert broker.core.stats()["workers"] == 1, "it is gone once its job ended"
+
+
+def test_idle_worker_saying_bye_is_gone_at_once(broker: Harness) -> None:
+    broker.ready(W1, 0.0)
+    broker.worker(W1, p.Bye(), 0.5)
+    assert broker.core.stats()["workers"] == 0
