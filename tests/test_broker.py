@@ -234,3 +234,17 @@ def test_async_client_submit_events_result(broker: ReadyProcess, base_url: str,
             await client.aclose()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_warm_stop_of_a_pool_finishes_its_running_job_once(
+    client: Client, start_workers: Callable[..., ReadyProcess], tmpdir_short: str
+) -> None:
+    pool = start_workers(1)
+    ledger = os.path.join(tmpdir_short, "ledger")
+    job = client.submit("ledger", {"path": ledger, "seconds": 1.0})
+    wait_for(lambda: ledger_lines(ledger), timeout_s=10)
+    pool.signal(signal.SIGTERM)
+    assert job.result(timeout=15) is not None
+    assert pool.wait(timeout_s=15) == 0
+    assert client.status(job.id)["attempts"] == 1
+    assert [line[3] for line in ledger_lines(ledger)] == ["start", "end"]
