@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MAX_JOBS_IN_MEMORY: Final = 10_000  # finished jobs kept for fast status; older ones on disk
 MAX_ERROR_TEXT: Final = 8192
+SEQ_EPOCH_SHIFT: Final = 32
 
 
 class StoredResults(Protocol):
@@ -244,7 +245,9 @@ class BrokerProtocol:
                 logger.info("job %s re-queued after a broker restart (attempt %s)", job.id, job.attempts)
             if job.is_final:
                 continue
-            job.seq += 1  # the restart is an event: watchers see a newer seq and the new epoch
+            # seq stays monotonic across restarts without journaling every event: each
+            # incarnation starts restored jobs in its own range (2**32 events per epoch)
+            job.seq = max(job.seq, self.epoch << SEQ_EPOCH_SHIFT) + 1
             self.jobs[job.id] = job
             self.by_key.setdefault(job.cache_key, job.id)
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))

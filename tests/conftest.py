@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from helpers import ReadyProcess, children_of, jobcast, pid_alive, wait_for
 
+pytest_plugins = ["web_fixtures"]
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 HEARTBEAT_S = "0.1"  # small heartbeats so that death is detected in a fraction of a second
 

@@ -14,7 +14,7 @@ import pytest
 from broker import protocol as p
 from broker.core import BrokerProtocol
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
-from broker.jobs import canonical_args
+from broker.jobs import canonical_args, job_record
 
 WALL_OFFSET_S = 1_700_000_000.0
 HEARTBEAT_S = 1.0
@@ -755,3 +755,15 @@ def test_idle_worker_saying_bye_is_gone_at_once(broker: Harness) -> None:
     broker.ready(W1, 0.0)
     broker.worker(W1, p.Bye(), 0.5)
     assert broker.core.stats()["workers"] == 0
+
+
+def test_restored_jobs_keep_seq_monotonic_across_epochs(broker: Harness) -> None:
+    job_id = broker.submit_id(C1, 0.0)
+    record = job_record(broker.core.jobs[job_id])
+    record["seq"] = 57  # events after the last journal write are not journaled
+    restarted = BrokerProtocol(FakeResults(), epoch=2, heartbeat_s=1.0)
+    restarted.restore([record], 10.0)
+    assert restarted.jobs[job_id].seq > 57
+    again = BrokerProtocol(FakeResults(), epoch=3, heartbeat_s=1.0)
+    again.restore([job_record(restarted.jobs[job_id])], 20.0)
+    assert again.jobs[job_id].seq > restarted.jobs[job_id].seq
