@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import endpoints
 from broker.client import AsyncClient
+from broker.results import ResultReader
 from web import api, events, pages
 from web.errors import exception_handlers
 from web.relay import Relay
@@ -81,15 +82,18 @@ def jobcast_lifespan(
         context = zmq.asyncio.Context()
         relay = Relay(context, endpoints(settings.broker_url).events_out, settings.queue_size)
         client = AsyncClient(settings.broker_url, context=context)
+        results = ResultReader(settings.data_dir)  # read-only: the cache-hit fast path
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
                 try:
-                    yield {"settings": settings, "client": client, "relay": relay}
+                    yield {"settings": settings, "client": client, "relay": relay,
+                           "results": results}
                 finally:
                     reader.cancel()
         finally:
             await client.aclose()
+            results.close()
             relay.close()
             await _term(context)
 
