@@ -226,6 +226,7 @@ class BrokerProtocol:
 
     def _create(self, peer: bytes, req: int, sub: Submission, now: float) -> None:
         job = sub.to_job(self.new_id(), self._wall(now))
+        self.defaults.resolve(job)
         self.jobs[job.id] = job
         self.by_key[job.cache_key] = job.id
         self.counters["submitted"] += 1
@@ -419,6 +420,7 @@ class BrokerProtocol:
         slot.job_id = job.id
         job.move_to(State.RUNNING)
         job.attempts += 1
+        self.defaults.resolve(job)
         job.worker = slot.peer
         job.started_at = self._wall(now)
         job.eta_s = None

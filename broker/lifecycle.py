@@ -45,6 +45,12 @@ class TaskDefaults:
         """Whether some worker offered ``task``."""
         return task in self._options
 
+    def resolve(self, job: Job) -> None:
+        """Fill a job's unset ttl and attempt cap from its task, once a worker declared them."""
+        if self.knows(job.task):
+            job.ttl_s = self.ttl_s(job)
+            job.max_attempts = self.max_attempts(job)
+
     def ttl_s(self, job: Job) -> float:
         """The job's cache ttl: its own, else its task's, else a day."""
         if job.ttl_s is not None:
