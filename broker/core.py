@@ -19,7 +19,7 @@ from broker.errors import BadArguments, ProtocolError
 from broker.jobs import Job, State, job_from_record, job_record
 from broker.lifecycle import TaskDefaults, WorkerSlot, retention_s
 from broker.liveness import Liveness
-from broker.progress import EtaEstimator
+from broker.progress import EtaEstimator, Subscriptions
 from broker.scheduling import IdleWorkers, JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
 
@@ -61,6 +61,7 @@ class BrokerProtocol:
         self.defaults = TaskDefaults()
         self.waiters: dict[str, list[tuple[bytes, int]]] = {}
         self.etas: dict[str, EtaEstimator] = {}
+        self.subscriptions = Subscriptions()
         self.counters: dict[str, int] = dict.fromkeys(
             ("submitted", "coalesced", "cache_hits", "done", "failed", "cancelled",
              "retried", "workers_lost", "invalid_messages", "stale_messages"), 0)
@@ -145,9 +146,10 @@ class BrokerProtocol:
         job.eta_s = self.etas.setdefault(job.id, EtaEstimator()).observe(now, msg.done, msg.total)
         self._publish(job, now)
 
-    def receive_subscription(self, topic: bytes, now: float) -> None:
-        """A watcher subscribed to a job: republish its latest event so it needs no wait."""
-        job = self.jobs.get(topic.decode("ascii", "replace"))
+    def receive_subscription(self, topic: bytes, now: float, subscribed: bool = True) -> None:
+        """A watcher (un)subscribed; on subscribe, republish the job's latest event at once."""
+        self.subscriptions.change(topic, subscribed)
+        job = self.jobs.get(topic.decode("ascii", "replace")) if subscribed else None
         if job is not None:
             self._effects.append(Publish(p.encode(self._event(job, now))))
 
@@ -450,7 +452,8 @@ class BrokerProtocol:
         self._effects.append(StoreResult(
             job.id, view, job.result, retention_s(ttl_s), job.cache_key if ttl_s > 0 else None, ttl_s,
         ))
-        self._effects.append(Publish(p.encode(self._event(job, now))))
+        if self.subscriptions.wanted(job.id.encode()):
+            self._effects.append(Publish(p.encode(self._event(job, now))))
         logger.info("job %s → %s", job.id, state)
         for peer, req in self.waiters.pop(job.id, []):
             self._send_client(peer, p.Snapshot(req=req, job=view, result=job.result))
@@ -471,7 +474,8 @@ class BrokerProtocol:
 
     def _publish(self, job: Job, now: float) -> None:
         job.seq += 1
-        self._effects.append(Publish(p.encode(self._event(job, now))))
+        if self.subscriptions.wanted(job.id.encode()):  # nobody watching: nothing to encode
+            self._effects.append(Publish(p.encode(self._event(job, now))))
 
     def _send_client(self, peer: bytes, msg: p.Message) -> None:
         self._effects.append(SendClient(peer, p.encode(msg)))

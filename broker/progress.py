@@ -61,3 +61,32 @@ def _seq(event: Sequenced) -> int:
 def is_newer(seq: int, last_seen_seq: int) -> bool:
     """Whether an event with ``seq`` should be delivered after ``last_seen_seq``."""
     return seq > last_seen_seq
+
+
+class Subscriptions:
+    """Which topics the events socket's subscribers want (ZeroMQ SUBSCRIBE is a prefix).
+
+    The broker skips encoding and publishing events nobody subscribed to. Job ids all have
+    the same length, so a job-id topic matches exactly; shorter prefixes (the empty
+    all-jobs topic) are few and scanned.
+    """
+
+    def __init__(self, id_length: int = 22) -> None:
+        self.id_length = id_length
+        self.exact: dict[bytes, int] = {}
+        self.prefixes: dict[bytes, int] = {}
+
+    def change(self, topic: bytes, subscribed: bool) -> None:
+        """Count one subscribe or unsubscribe of ``topic``."""
+        table = self.exact if len(topic) == self.id_length else self.prefixes
+        count = table.get(topic, 0) + (1 if subscribed else -1)
+        if count > 0:
+            table[topic] = count
+        else:
+            table.pop(topic, None)
+
+    def wanted(self, topic: bytes) -> bool:
+        """Whether any subscriber would receive a message with this topic."""
+        if topic in self.exact:
+            return True
+        return any(topic.startswith(prefix) for prefix in self.prefixes)

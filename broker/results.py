@@ -79,6 +79,7 @@ class ResultStore:
         self.cache = diskcache.Cache(
             directory, disk=SafeDisk, size_limit=size_limit,
             eviction_policy="least-recently-stored", statistics=False,
+            cull_limit=0,  # no culling inside each write: ``cull()`` runs on a timer instead
         )  # fmt: skip
         os.chmod(directory, 0o700)
 
@@ -91,6 +92,10 @@ class ResultStore:
                     self.cache.set(f"result:{rec.job_id}", rec.result, expire=rec.retention_s)
                 if rec.cache_key is not None:
                     self.cache.set(f"key:{rec.cache_key}", rec.job_id.encode(), expire=rec.ttl_s)
+
+    def cull(self) -> int:
+        """Drop expired entries, then evict down to the size limit; return how many went."""
+        return int(self.cache.cull())
 
     def job(self, job_id: str) -> tuple[dict[str, Any], bytes | None] | None:
         """A finished job's view and result bytes, or None."""

@@ -34,6 +34,7 @@ DRAIN_LIMIT: Final = 100  # messages taken from one socket per loop turn: no pee
 MAX_POLL_MS: Final = 1000
 HWM: Final = 100_000
 LINGER_MS: Final = 500
+CULL_INTERVAL_S: Final = 60.0  # expired results are removed this often
 
 
 class BrokerServer:
@@ -54,6 +55,7 @@ class BrokerServer:
         )  # fmt: skip
         self.core.restore(self.journal.replay(), time.monotonic())
         self.stopping = 0
+        self.next_cull = time.monotonic() + CULL_INTERVAL_S
         self.context = zmq.Context()
         self._wake_r, self._wake_w = socket.socketpair()
         self._bind()
@@ -69,7 +71,7 @@ class BrokerServer:
         self.events_in = _socket(ctx, zmq.XSUB, ep.events_in, p.MAX_HEADER_BYTES)
         self.events_in.send(b"\x01")  # the broker sees every event: it stamps seq on each
         self.events_out = _socket(ctx, zmq.XPUB, ep.events_out, 1024)
-        self.events_out.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.events_out.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, to count them
         self.poller = zmq.Poller()
         for sock in (self.clients, self.workers, self.events_in, self.events_out):
             self.poller.register(sock, zmq.POLLIN)
@@ -110,11 +112,14 @@ class BrokerServer:
             self._wake_r.recv(64)
         core.tick(now)
         self.apply(core.effects_to_apply())
+        if now >= self.next_cull:
+            self.next_cull = now + CULL_INTERVAL_S
+            self.results.cull()
 
     def _subscriptions(self, now: float) -> None:
         for frames in _drain(self.events_out):
-            if frames[0][:1] == b"\x01" and len(frames[0]) > 1:
-                self.core.receive_subscription(frames[0][1:], now)
+            if frames[0][:1] in (b"\x00", b"\x01"):
+                self.core.receive_subscription(frames[0][1:], now, frames[0][:1] == b"\x01")
 
     def _timeout_ms(self) -> int:
         wait_s = min(self.core.next_deadline() - time.monotonic(), MAX_POLL_MS / 1000)

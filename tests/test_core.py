@@ -56,6 +56,7 @@ class Harness:
             wall_offset_s=WALL_OFFSET_S,
             new_id=lambda: next(ids),
         )
+        self.core.receive_subscription(b"", 0.0)  # an all-jobs watcher: every event is published
         self.history: list[Effect] = []
         self.req = 0
 
@@ -767,3 +768,25 @@ def test_restored_jobs_keep_seq_monotonic_across_epochs(broker: Harness) -> None
     again = BrokerProtocol(FakeResults(), epoch=3, heartbeat_s=1.0)
     again.restore([job_record(restarted.jobs[job_id])], 20.0)
     assert again.jobs[job_id].seq > restarted.jobs[job_id].seq
+
+
+def test_events_nobody_subscribed_to_are_not_published_but_seq_still_counts() -> None:
+    bare = BrokerProtocol(FakeResults(), epoch=1, heartbeat_s=1.0)
+    bare.receive_client(C1, p.encode(p.Submit(req=1, task="echo", args=b"{}")), 0.0)
+    effects = bare.effects_to_apply()
+    assert [e for e in effects if isinstance(e, Publish)] == []
+    (job,) = bare.jobs.values()
+    topic = job.id.encode()
+    bare.receive_subscription(topic, 1.0)  # a watcher arrives: it gets the latest event at once
+    (event,) = events(bare.effects_to_apply())
+    assert (event.id, event.seq) == (job.id, 1)
+    bare.receive_client(C1, p.encode(p.Cancel(req=2, id=job.id)), 2.0)
+    assert states(bare.effects_to_apply()) == ["cancelled"]
+    bare.receive_subscription(topic, 3.0, subscribed=False)
+    bare.receive_subscription(job.id[:5].encode(), 3.0)  # a prefix matches like ZeroMQ's
+    bare.receive_subscription(topic, 3.5)
+    bare.effects_to_apply()
+    bare.receive_subscription(topic, 4.0, subscribed=False)
+    assert bare.subscriptions.wanted(topic)
+    bare.receive_subscription(job.id[:5].encode(), 4.0, subscribed=False)
+    assert not bare.subscriptions.wanted(topic)
