@@ -44,8 +44,13 @@ class AsyncJob:
 class AsyncClient:
     """An asyncio connection to a broker; requests may run concurrently."""
 
-    def __init__(self, broker: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self,
+        broker: str | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
         self.base_url = broker_url(broker)
         self.endpoints = endpoints(self.base_url)
         self.timeout_s = timeout_s
@@ -60,14 +65,34 @@ class AsyncClient:
         self._pending: dict[int, asyncio.Future[p.Message]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def submit(self, task: str, args: dict[str, Any] | None = None, *,
-                     ttl: float | None = None, force: bool = False, priority: str = "normal",
-                     delay: float = 0.0, run_at: float | None = None, scope: str = "",
-                     max_attempts: int | None = None, timeout: float | None = None) -> AsyncJob:
+    async def submit(
+        self,
+        task: str,
+        args: dict[str, Any] | None = None,
+        *,
+        ttl: float | None = None,
+        force: bool = False,
+        priority: str = "normal",
+        delay: float = 0.0,
+        run_at: float | None = None,
+        scope: str = "",
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncJob:
         """Submit a job (or join the identical one running, or get the cached result)."""
-        msg = submit_message(next(self._reqs), task, args, ttl=ttl, force=force,
-                             priority=priority, delay=delay, run_at=run_at, scope=scope,
-                             max_attempts=max_attempts, timeout=timeout)
+        msg = submit_message(
+            next(self._reqs),
+            task,
+            args,
+            ttl=ttl,
+            force=force,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            scope=scope,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
         return AsyncJob(self, job_view(await self._call(msg)))
 
     async def status(self, job_id: str) -> dict[str, Any]:

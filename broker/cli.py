@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(args_in[0], args_in[1:])
     parser = _parser()
     args = parser.parse_args(args_in)
-    logging.basicConfig(level=os.environ.get("JOBCAST_LOG", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("JOBCAST_LOG", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
@@ -55,13 +58,20 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=f"run {name} (see jobcast {name} --help)")
 
     run_broker = _command(commands, "broker", "run the broker", _broker)
-    run_broker.add_argument("--data", default=os.environ.get("JOBCAST_DATA", ".jobcast"),
-                            help="data dir for results (default $JOBCAST_DATA or ./.jobcast)")
+    run_broker.add_argument(
+        "--data",
+        default=os.environ.get("JOBCAST_DATA", ".jobcast"),
+        help="data dir for results (default $JOBCAST_DATA or ./.jobcast)",
+    )
 
     submit = _command(commands, "submit", "submit a job and print its id", _submit)
     submit.add_argument("task")
-    submit.add_argument("params", nargs="*", metavar="key=value",
-                        help="task arguments; values are JSON when they parse, else strings")
+    submit.add_argument(
+        "params",
+        nargs="*",
+        metavar="key=value",
+        help="task arguments; values are JSON when they parse, else strings",
+    )
     submit.add_argument("--wait", action="store_true", help="wait and print the result")
     submit.add_argument("--json", action="store_true", help="print JSON")
     submit.add_argument("--force", action="store_true", help="bypass the result cache")
@@ -71,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--scope", default="", help="cache scope, e.g. a tenant")
     submit.add_argument("--timeout", type=float, help="seconds to wait with --wait")
 
-    for name, helptext, run in (("status", "print a job's state", _status),
-                                ("cancel", "cancel a job", _cancel)):
+    for name, helptext, run in (
+        ("status", "print a job's state", _status),
+        ("cancel", "cancel a job", _cancel),
+    ):
         cmd = _command(commands, name, helptext, run)
         cmd.add_argument("job_id")
         cmd.add_argument("--json", action="store_true", help="print JSON")
@@ -83,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _command(commands: Any, name: str, helptext: str, run: Any) -> argparse.ArgumentParser:
     cmd: argparse.ArgumentParser = commands.add_parser(name, help=helptext)
-    cmd.add_argument("--broker", default=None,
-                     help="broker base URL (default $JOBCAST_BROKER or tcp://127.0.0.1:5555)")
+    cmd.add_argument(
+        "--broker", default=None, help="broker base URL (default $JOBCAST_BROKER or tcp://127.0.0.1:5555)"
+    )
     cmd.set_defaults(run=run)
     return cmd
 
@@ -102,8 +115,15 @@ def _submit(args: argparse.Namespace) -> int:
 
     params = dict(_parse_param(item) for item in args.params)
     with Client(args.broker) as client:
-        job = client.submit(args.task, params, force=args.force, ttl=args.ttl,
-                            priority=args.priority, delay=args.delay, scope=args.scope)
+        job = client.submit(
+            args.task,
+            params,
+            force=args.force,
+            ttl=args.ttl,
+            priority=args.priority,
+            delay=args.delay,
+            scope=args.scope,
+        )
         if not args.wait:
             print(json.dumps(job.view) if args.json else job.id)
             return EXIT_OK
@@ -164,8 +184,10 @@ def _print_job(view: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(view))
         return
-    print(f"{view['id']}  {view['task']}  {view['state']}  {view['done']}/{view['total']}"
-          f"  attempts {view['attempts']}  {view['message']}")
+    print(
+        f"{view['id']}  {view['task']}  {view['state']}  {view['done']}/{view['total']}"
+        f"  attempts {view['attempts']}  {view['message']}"
+    )
     if view.get("error"):
         print(f"error: {view['error'].get('type')}: {view['error'].get('message')}")
 

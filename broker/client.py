@@ -1,9 +1,9 @@
 """The public Python client: submit jobs, watch their pushed progress, get results.
 
-    client = Client("tcp://127.0.0.1:5555")
-    job = client.submit("report", {"region": "eu"})
-    for event in job.events(): ...
-    job.result(timeout=60)
+client = Client("tcp://127.0.0.1:5555")
+job = client.submit("report", {"region": "eu"})
+for event in job.events(): ...
+job.result(timeout=60)
 """
 
 from __future__ import annotations
@@ -63,8 +63,13 @@ class Job:
 class Client:
     """A synchronous connection to a broker (one DEALER socket; not thread-safe)."""
 
-    def __init__(self, broker: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        broker: str | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
         self.base_url = broker_url(broker)
         self.endpoints = endpoints(self.base_url)
         self.timeout_s = timeout_s
@@ -81,14 +86,34 @@ class Client:
 
     # --- requests ------------------------------------------------------------------------
 
-    def submit(self, task: str, args: dict[str, Any] | None = None, *, ttl: float | None = None,
-               force: bool = False, priority: str = "normal", delay: float = 0.0,
-               run_at: float | None = None, scope: str = "", max_attempts: int | None = None,
-               timeout: float | None = None) -> Job:
+    def submit(
+        self,
+        task: str,
+        args: dict[str, Any] | None = None,
+        *,
+        ttl: float | None = None,
+        force: bool = False,
+        priority: str = "normal",
+        delay: float = 0.0,
+        run_at: float | None = None,
+        scope: str = "",
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
         """Submit a job (or join the identical one running, or get the cached result)."""
-        msg = submit_message(next(self._reqs), task, args, ttl=ttl, force=force,
-                             priority=priority, delay=delay, run_at=run_at, scope=scope,
-                             max_attempts=max_attempts, timeout=timeout)
+        msg = submit_message(
+            next(self._reqs),
+            task,
+            args,
+            ttl=ttl,
+            force=force,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            scope=scope,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
         return Job(self, job_view(self._call(msg)))
 
     def status(self, job_id: str) -> dict[str, Any]:
@@ -112,15 +137,17 @@ class Client:
         reply = self._call(p.Wait(req=next(self._reqs), id=job_id), timeout_s=timeout or 1e9)
         return final_result(job_view(reply))
 
-    def map(self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None,
-            **options: Any) -> list[Any]:
+    def map(
+        self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None, **options: Any
+    ) -> list[Any]:
         """Run ``task`` once per args, in parallel across the pool; results in order.
 
         Submissions and waits are pipelined: one round trip for all, not one per job.
         """
         deadline = time.monotonic() + (timeout or 1e9)
-        msgs = [submit_message(next(self._reqs), task, args, **_submit_options(options))
-                for args in args_list]
+        msgs = [
+            submit_message(next(self._reqs), task, args, **_submit_options(options)) for args in args_list
+        ]
         views = [job_view(r) for r in self._call_many(msgs, deadline)]
         waits = [p.Wait(req=next(self._reqs), id=view["id"]) for view in views]
         return [final_result(job_view(r)) for r in self._call_many(waits, deadline)]
@@ -197,14 +224,23 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
 def _submit_options(options: dict[str, Any]) -> dict[str, Any]:
-    defaults = {"ttl": None, "force": False, "priority": "normal", "delay": 0.0,
-                "run_at": None, "scope": "", "max_attempts": None, "timeout": None}
+    defaults = {
+        "ttl": None,
+        "force": False,
+        "priority": "normal",
+        "delay": 0.0,
+        "run_at": None,
+        "scope": "",
+        "max_attempts": None,
+        "timeout": None,
+    }
     unknown = set(options) - set(defaults)
     if unknown:
         raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")

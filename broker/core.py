@@ -43,8 +43,15 @@ class StoredResults(Protocol):
 class BrokerProtocol:
     """Jobs, workers and their heartbeats; see the module docstring."""
 
-    def __init__(self, results: StoredResults, *, epoch: int, heartbeat_s: float,
-                 wall_offset_s: float = 0.0, new_id: Any = None) -> None:
+    def __init__(
+        self,
+        results: StoredResults,
+        *,
+        epoch: int,
+        heartbeat_s: float,
+        wall_offset_s: float = 0.0,
+        new_id: Any = None,
+    ) -> None:
         from broker.jobs import new_job_id
 
         self.results = results
@@ -63,8 +70,20 @@ class BrokerProtocol:
         self.etas: dict[str, EtaEstimator] = {}
         self.subscriptions = Subscriptions()
         self.counters: dict[str, int] = dict.fromkeys(
-            ("submitted", "coalesced", "cache_hits", "done", "failed", "cancelled",
-             "retried", "workers_lost", "invalid_messages", "stale_messages"), 0)
+            (
+                "submitted",
+                "coalesced",
+                "cache_hits",
+                "done",
+                "failed",
+                "cancelled",
+                "retried",
+                "workers_lost",
+                "invalid_messages",
+                "stale_messages",
+            ),
+            0,
+        )
         self._effects: list[Effect] = []
 
     # --- the shell's interface ---------------------------------------------------------
@@ -93,8 +112,9 @@ class BrokerProtocol:
             case p.Stats():
                 self._send_client(peer, p.Counters(req=msg.req, stats=self.stats()))
             case _:
-                self._invalid(peer, ProtocolError(f"{type(msg).__name__} is not a client request"),
-                              to_worker=False)
+                self._invalid(
+                    peer, ProtocolError(f"{type(msg).__name__} is not a client request"), to_worker=False
+                )
 
     def receive_worker(self, peer: bytes, frames: list[bytes], now: float) -> None:
         """Handle one message from a worker."""
@@ -120,8 +140,9 @@ class BrokerProtocol:
             case p.Bye():
                 self._worker_leaving(peer, now)
             case _:
-                self._invalid(peer, ProtocolError(f"{type(msg).__name__} is not a worker message"),
-                              to_worker=True)
+                self._invalid(
+                    peer, ProtocolError(f"{type(msg).__name__} is not a worker message"), to_worker=True
+                )
         self._dispatch(now)
 
     def receive_event(self, frames: list[bytes], now: float) -> None:
@@ -265,8 +286,9 @@ class BrokerProtocol:
             return
         stored = self.results.job(job_id)
         if stored is None:
-            self._send_client(peer, p.Error(req=req, code="unknown_job",
-                                            message="no such job (or past its retention)"))
+            self._send_client(
+                peer, p.Error(req=req, code="unknown_job", message="no such job (or past its retention)")
+            )
             return
         self._send_client(peer, p.Snapshot(req=req, job=stored[0], result=stored[1]))
 
@@ -360,8 +382,12 @@ class BrokerProtocol:
                 self._adopt(slot, job)  # not yet re-run elsewhere: take the late outcome once
         if slot is None or slot.job_id != job_id or job is None or job.attempts != attempt:
             self.counters["stale_messages"] += 1
-            logger.warning("job %s: dropped a result for attempt %s from %s (not its holder)",
-                           job_id, attempt, peer.hex())
+            logger.warning(
+                "job %s: dropped a result for attempt %s from %s (not its holder)",
+                job_id,
+                attempt,
+                peer.hex(),
+            )
             return None
         return job
 
@@ -370,8 +396,9 @@ class BrokerProtocol:
         slot.job_id = job.id
         job.move_to(State.RUNNING)
         job.worker = slot.peer
-        logger.info("job %s: late outcome of attempt %s accepted from %s", job.id, job.attempts,
-                    slot.peer.hex())
+        logger.info(
+            "job %s: late outcome of attempt %s accepted from %s", job.id, job.attempts, slot.peer.hex()
+        )
 
     def _release(self, peer: bytes) -> None:
         slot = self.workers.get(peer)
@@ -383,8 +410,9 @@ class BrokerProtocol:
         else:
             self.idle.add(peer)
 
-    def _attempt_failed(self, job: Job, error: dict[str, str], now: float, *,
-                        retry: bool, immediate: bool) -> None:
+    def _attempt_failed(
+        self, job: Job, error: dict[str, str], now: float, *, retry: bool, immediate: bool
+    ) -> None:
         if job.is_final:
             return  # cancelled meanwhile: the cancel already published the final state
         max_attempts = self.defaults.max_attempts(job)
@@ -428,8 +456,9 @@ class BrokerProtocol:
         job.eta_s = None
         self.etas.pop(job.id, None)
         self._journal(job)
-        assign = p.Assign(id=job.id, task=job.task, attempt=job.attempts, args=job.args,
-                          timeout_s=job.timeout_s)
+        assign = p.Assign(
+            id=job.id, task=job.task, attempt=job.attempts, args=job.args, timeout_s=job.timeout_s
+        )
         self._send_worker(slot.peer, assign, now)
         logger.info("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
         self._publish(job, now)
@@ -449,9 +478,16 @@ class BrokerProtocol:
         job.seq += 1  # the final event's seq, so the stored view and the event agree
         view = job.view(self.epoch)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
-        self._effects.append(StoreResult(
-            job.id, view, job.result, retention_s(ttl_s), job.cache_key if ttl_s > 0 else None, ttl_s,
-        ))
+        self._effects.append(
+            StoreResult(
+                job.id,
+                view,
+                job.result,
+                retention_s(ttl_s),
+                job.cache_key if ttl_s > 0 else None,
+                ttl_s,
+            )
+        )
         if self.subscriptions.wanted(job.id.encode()):
             self._effects.append(Publish(p.encode(self._event(job, now))))
         logger.info("job %s → %s", job.id, state)
@@ -468,9 +504,19 @@ class BrokerProtocol:
     # --- helpers ------------------------------------------------------------------------------
 
     def _event(self, job: Job, now: float) -> p.Event:
-        return p.Event(id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state),
-                       done=job.done, total=job.total, message=job.message, eta_s=job.eta_s,
-                       ts=round(self._wall(now), 3), attempts=job.attempts, error=job.error)
+        return p.Event(
+            id=job.id,
+            seq=job.seq,
+            epoch=self.epoch,
+            state=str(job.state),
+            done=job.done,
+            total=job.total,
+            message=job.message,
+            eta_s=job.eta_s,
+            ts=round(self._wall(now), 3),
+            attempts=job.attempts,
+            error=job.error,
+        )
 
     def _publish(self, job: Job, now: float) -> None:
         job.seq += 1

@@ -33,8 +33,9 @@ class JobJournal:
             self.db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
             self.db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise UnsafeStoredData(f"journal {self.path} is unreadable ({exc}); "
-                                   "move it aside to start with an empty queue") from None
+            raise UnsafeStoredData(
+                f"journal {self.path} is unreadable ({exc}); move it aside to start with an empty queue"
+            ) from None
         os.chmod(self.path, 0o600)
 
     def replay(self) -> list[dict[str, Any]]:
@@ -45,7 +46,7 @@ class JobJournal:
         """
         records = []
         try:
-            for job_id, text in self.db.execute("SELECT id, record FROM jobs"):
+            for _job_id, text in self.db.execute("SELECT id, record FROM jobs"):
                 records.append(json.loads(text))
         except (sqlite3.DatabaseError, ValueError) as exc:
             raise UnsafeStoredData(f"journal {self.path} is corrupted ({exc})") from None
@@ -58,8 +59,10 @@ class JobJournal:
             for record in records:
                 if record["op"] == "put":
                     job = record["job"]
-                    self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-                                    (job["id"], json.dumps(job, separators=(",", ":"))))
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO jobs VALUES (?, ?)",
+                        (job["id"], json.dumps(job, separators=(",", ":"))),
+                    )
                 else:
                     self.db.execute("DELETE FROM jobs WHERE id = ?", (record["id"],))
             self.db.execute("COMMIT")

@@ -25,8 +25,8 @@ class EtaEstimator:
         if self.samples and now > self.last_time and done >= self.last_done:
             rate = (done - self.last_done) / (now - self.last_time)
             previous = self.rate_per_s
-            self.rate_per_s = rate if previous is None else (
-                ETA_SMOOTHING * rate + (1 - ETA_SMOOTHING) * previous
+            self.rate_per_s = (
+                rate if previous is None else (ETA_SMOOTHING * rate + (1 - ETA_SMOOTHING) * previous)
             )
         self.samples += 1
         self.last_time, self.last_done = now, done

@@ -62,8 +62,6 @@ class Command(bytes, Enum):
     EVENT = b"EVENT"
 
 
-
-
 # --- client ↔ broker ---------------------------------------------------------------
 
 
@@ -246,8 +244,23 @@ class Event:
 
 
 Message: TypeAlias = (
-    Submit | Status | Cancel | Wait | Stats | Snapshot | Counters | Error
-    | Ready | Heartbeat | Assign | Done | Failed | Stop | Bye | Progress | Event
+    Submit
+    | Status
+    | Cancel
+    | Wait
+    | Stats
+    | Snapshot
+    | Counters
+    | Error
+    | Ready
+    | Heartbeat
+    | Assign
+    | Done
+    | Failed
+    | Stop
+    | Bye
+    | Progress
+    | Event
 )
 
 COMMAND_OF: Final[dict[type[Any], Command]] = {
@@ -261,7 +274,10 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})
 PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
-    Submit: "args", Assign: "args", Done: "result", Snapshot: "result",
+    Submit: "args",
+    Assign: "args",
+    Done: "result",
+    Snapshot: "result",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
     Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
@@ -274,9 +290,7 @@ def encode(msg: Message) -> list[bytes]:
     """Encode a message into its frames (published ones start with the topic)."""
     cls = type(msg)
     payload_field = PAYLOAD_FIELD.get(cls)
-    header = {
-        f.name: getattr(msg, f.name) for f in fields(msg) if f.name != payload_field
-    }
+    header = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != payload_field}
     frames = [TAG, COMMAND_OF[cls].value, _dump_header(header)]
     if payload_field is not None:
         payload = getattr(msg, payload_field)

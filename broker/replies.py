@@ -10,9 +10,20 @@ from broker.errors import JobCancelled, JobFailed, ProtocolError, error_for_code
 from broker.jobs import canonical_args
 
 
-def submit_message(req: int, task: str, args: dict[str, Any] | None, *, ttl: float | None,
-                   force: bool, priority: str, delay: float, run_at: float | None, scope: str,
-                   max_attempts: int | None, timeout: float | None) -> p.Submit:
+def submit_message(
+    req: int,
+    task: str,
+    args: dict[str, Any] | None,
+    *,
+    ttl: float | None,
+    force: bool,
+    priority: str,
+    delay: float,
+    run_at: float | None,
+    scope: str,
+    max_attempts: int | None,
+    timeout: float | None,
+) -> p.Submit:
     """A ``Submit`` with canonical args; bad args raise before anything is sent."""
     return p.Submit(
         req=req, task=task, args=canonical_args({} if args is None else args),

@@ -65,9 +65,7 @@ def prepare_data_dir(path: str) -> str:
     os.makedirs(path, mode=0o700, exist_ok=True)
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafeStoredData(
-            f"data dir {path} is group- or world-writable (mode {mode:o}); chmod 700 it"
-        )
+        raise UnsafeStoredData(f"data dir {path} is group- or world-writable (mode {mode:o}); chmod 700 it")
     return os.path.abspath(path)
 
 

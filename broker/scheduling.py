@@ -98,4 +98,4 @@ class IdleWorkers:
 
 def retry_delay_s(attempts: int) -> float:
     """Back-off before the next attempt after ``attempts`` failed ones."""
-    return min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S)
+    return float(min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S))

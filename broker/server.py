@@ -24,8 +24,8 @@ from broker import protocol as p
 from broker.addresses import Endpoints, endpoints, ipc_directory
 from broker.core import BrokerProtocol
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
-from broker.liveness import heartbeat_interval_s
 from broker.journal import JobJournal
+from broker.liveness import heartbeat_interval_s
 from broker.results import ResultStore, prepare_data_dir
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,14 @@ class BrokerServer:
     def ready_line(self) -> str:
         """The one line printed once the broker serves: its real addresses."""
         ep = self.endpoints
-        info = {"clients": ep.clients, "workers": ep.workers, "events_in": ep.events_in,
-                "events_out": ep.events_out, "data": self.data_dir, "epoch": self.epoch}
+        info = {
+            "clients": ep.clients,
+            "workers": ep.workers,
+            "events_in": ep.events_in,
+            "events_out": ep.events_out,
+            "data": self.data_dir,
+            "epoch": self.epoch,
+        }
         return f"jobcast broker ready {json.dumps(info)}"
 
     def run(self, on_ready: Callable[[str], None]) -> int:
@@ -179,8 +185,9 @@ class BrokerServer:
         self._wake_w.close()
 
 
-def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str,
-            max_frame: int) -> zmq.Socket[bytes]:
+def _socket(
+    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_frame: int
+) -> zmq.Socket[bytes]:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HWM)

@@ -34,8 +34,9 @@ class Submission:
         )  # fmt: skip
 
 
-def prepare_submission(msg: p.Submit, now_wall: float, defaults: TaskDefaults,
-                       have_workers: bool) -> Submission:
+def prepare_submission(
+    msg: p.Submit, now_wall: float, defaults: TaskDefaults, have_workers: bool
+) -> Submission:
     """Check a submission and compute its canonical args and cache key.
 
     Raises:

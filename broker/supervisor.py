@@ -76,18 +76,38 @@ def main(argv: list[str] | None = None) -> int:
 def _start_all(args: argparse.Namespace, parts: list[Part]) -> str:
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBCAST_BROKER": args.broker}
-    broker = Part("broker", [python, "-m", "broker.cli", "broker", "--broker", args.broker,
-                             "--data", args.data], env)
+    broker = Part(
+        "broker", [python, "-m", "broker.cli", "broker", "--broker", args.broker, "--data", args.data], env
+    )
     parts.append(broker)
     broker.wait_ready(READY_TIMEOUT_S)
-    web = Part("web", [python, "-m", "broker.cli", "web", "--broker", args.broker, "--data",
-                       args.data, "--host", args.host, "--port", str(args.port)], env)
+    web = Part(
+        "web",
+        [
+            python,
+            "-m",
+            "broker.cli",
+            "web",
+            "--broker",
+            args.broker,
+            "--data",
+            args.data,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+        ],
+        env,
+    )
     parts.append(web)
     url = web.wait_ready(READY_TIMEOUT_S).split(" ready ", 1)[1].split()[0]
     env["JOBCAST_FEEDS_ALLOW"] = f"{url}/demo/feeds/"
     tasks = [item for module in (*DEMO_TASKS, *args.tasks) for item in ("--tasks", module)]
-    workers = Part("workers", [python, "-m", "broker.cli", "worker", "--broker", args.broker,
-                               "-n", str(args.workers), *tasks], env)
+    workers = Part(
+        "workers",
+        [python, "-m", "broker.cli", "worker", "--broker", args.broker, "-n", str(args.workers), *tasks],
+        env,
+    )
     parts.append(workers)
     workers.wait_ready(READY_TIMEOUT_S)
     return url
@@ -110,11 +130,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobcast up", description=__doc__)
     parser.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="web host (default 127.0.0.1)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                        help="worker processes (default: number of cores)")
-    parser.add_argument("--tasks", action="append", default=[], metavar="MODULE",
-                        help="more task modules to load (repeatable)")
-    parser.add_argument("--data", default=os.environ.get("JOBCAST_DATA", ".jobcast"),
-                        help="data dir (default $JOBCAST_DATA or ./.jobcast)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, help="worker processes (default: number of cores)"
+    )
+    parser.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="more task modules to load (repeatable)",
+    )
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("JOBCAST_DATA", ".jobcast"),
+        help="data dir (default $JOBCAST_DATA or ./.jobcast)",
+    )
     parser.add_argument("--broker", default=broker_url(), help="broker base URL")
     return parser

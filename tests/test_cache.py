@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from helpers import ReadyProcess, wait_for
 
 from broker.client import Client
 from broker.errors import BadArguments, PayloadTooLarge
-from helpers import ReadyProcess, wait_for
 
 HERD_CLIENT = """
 import json, os, sys, time

@@ -8,7 +8,6 @@ import socket
 from urllib.parse import urlsplit
 
 import httpx
-
 from helpers import ReadyProcess, children_of, jobcast, pid_alive, wait_for
 
 

@@ -335,8 +335,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one worker slot (``python -m workers.agent --broker URL --tasks MODULE``)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("JOBCAST_LOG", "INFO"),
-                        format="%(levelname)s agent %(process)d: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("JOBCAST_LOG", "INFO"), format="%(levelname)s agent %(process)d: %(message)s"
+    )
     modules = args.tasks or list(registry.DEFAULT_TASK_MODULES)
     try:
         url = broker_url(args.broker)

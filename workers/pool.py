@@ -200,14 +200,29 @@ def run_pool(broker: str, slots: int, task_modules: list[str], *,
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobcast worker", description="run a worker pool")
-    parser.add_argument("--broker", default=None,
-                        help="broker base URL (default $JOBCAST_BROKER or tcp://127.0.0.1:5555)")
-    parser.add_argument("-n", "--slots", type=int, default=os.cpu_count() or 1,
-                        help="worker slots, one process each (default: number of cores)")
-    parser.add_argument("--tasks", action="append", default=[], metavar="MODULE",
-                        help="module registering tasks (repeatable; default workers.demo)")
-    parser.add_argument("--grace-s", type=float, default=WARM_GRACE_S,
-                        help="how long a warm shutdown lets running jobs finish")
+    parser.add_argument(
+        "--broker", default=None, help="broker base URL (default $JOBCAST_BROKER or tcp://127.0.0.1:5555)"
+    )
+    parser.add_argument(
+        "-n",
+        "--slots",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker slots, one process each (default: number of cores)",
+    )
+    parser.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module registering tasks (repeatable; default workers.demo)",
+    )
+    parser.add_argument(
+        "--grace-s",
+        type=float,
+        default=WARM_GRACE_S,
+        help="how long a warm shutdown lets running jobs finish",
+    )
     return parser  # fmt: skip
 
 

@@ -108,7 +108,7 @@ def error_record(exc: BaseException) -> dict[str, str]:
     text = "".join(traceback.format_exception(exc))
     data = text.encode("utf-8", "replace")
     if len(data) > MAX_TRACEBACK_BYTES:
-        tail = data[-(MAX_TRACEBACK_BYTES - 16):].decode("utf-8", "ignore")
+        tail = data[-(MAX_TRACEBACK_BYTES - 16) :].decode("utf-8", "ignore")
         text = "…(truncated)…\n" + tail
     message = str(exc)[:MAX_ERROR_MESSAGE_CHARS]
     return {"type": type(exc).__name__, "message": message, "traceback": text}
@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the runner child (started by the agent, never by users)."""
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which decides
-    logging.basicConfig(level=os.environ.get("JOBCAST_LOG", "INFO"),
-                        format="%(levelname)s runner %(process)d: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("JOBCAST_LOG", "INFO"), format="%(levelname)s runner %(process)d: %(message)s"
+    )
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     registry.load_modules(args.tasks)
     context = zmq.Context()
