@@ -14,20 +14,25 @@ from collections import OrderedDict
 from typing import Any, Final, Protocol
 
 from broker import protocol as p
-from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
+from broker.effects import Effect
 from broker.errors import BadArguments, ProtocolError
-from broker.jobs import Job, State, job_from_record, job_record
-from broker.lifecycle import TaskDefaults, WorkerSlot, retention_s
-from broker.liveness import Liveness
-from broker.progress import EtaEstimator, Subscriptions
-from broker.scheduling import IdleWorkers, JobQueue, retry_delay_s
+from broker.jobs import Job, State, job_from_record, new_job_id
+from broker.lifecycle import TaskDefaults, retention_s
+from broker.outbox import Outbox
+from broker.progress import EtaEstimator
+from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
+from broker.workforce import WorkerSlot, Workforce
 
 logger = logging.getLogger(__name__)
 
 MAX_JOBS_IN_MEMORY: Final = 10_000  # finished jobs kept for fast status; older ones on disk
 MAX_ERROR_TEXT: Final = 8192
 SEQ_EPOCH_SHIFT: Final = 32
+COUNTERS: Final = (
+    "submitted", "coalesced", "cache_hits", "done", "failed", "cancelled", "retried",
+    "workers_lost", "invalid_messages", "stale_messages",
+)  # fmt: skip
 
 
 class StoredResults(Protocol):
@@ -52,8 +57,6 @@ class BrokerProtocol:
         wall_offset_s: float = 0.0,
         new_id: Any = None,
     ) -> None:
-        from broker.jobs import new_job_id
-
         self.results = results
         self.epoch = epoch
         self.heartbeat_s = heartbeat_s
@@ -63,35 +66,19 @@ class BrokerProtocol:
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.by_key: dict[str, str] = {}
         self.queue = JobQueue()
-        self.workers: dict[bytes, WorkerSlot] = {}
-        self.idle = IdleWorkers()
+        self.workers = Workforce(heartbeat_s)
         self.defaults = TaskDefaults()
         self.waiters: dict[str, list[tuple[bytes, int]]] = {}
         self.etas: dict[str, EtaEstimator] = {}
-        self.subscriptions = Subscriptions()
-        self.counters: dict[str, int] = dict.fromkeys(
-            (
-                "submitted",
-                "coalesced",
-                "cache_hits",
-                "done",
-                "failed",
-                "cancelled",
-                "retried",
-                "workers_lost",
-                "invalid_messages",
-                "stale_messages",
-            ),
-            0,
-        )
-        self._effects: list[Effect] = []
+        self.out = Outbox(epoch, wall_offset_s)
+        self.subscriptions = self.out.subscriptions
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     # --- the shell's interface ---------------------------------------------------------
 
     def effects_to_apply(self) -> list[Effect]:
         """Effects produced since the last call, in the order they must be applied."""
-        effects, self._effects = self._effects, []
-        return effects
+        return self.out.drain()
 
     def receive_client(self, peer: bytes, frames: list[bytes], now: float) -> None:
         """Handle one message from a client."""
@@ -110,7 +97,7 @@ class BrokerProtocol:
             case p.Wait():
                 self._wait(peer, msg)
             case p.Stats():
-                self._send_client(peer, p.Counters(req=msg.req, stats=self.stats()))
+                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats()))
             case _:
                 self._invalid(
                     peer, ProtocolError(f"{type(msg).__name__} is not a client request"), to_worker=False
@@ -130,7 +117,7 @@ class BrokerProtocol:
             case p.Ready():
                 self._worker_ready(peer, msg, now)
             case p.Heartbeat() if slot is None:
-                self._send_worker(peer, p.Bye(), now)  # unknown to us: re-register
+                self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
             case p.Heartbeat():
                 pass
             case p.Done():
@@ -138,7 +125,7 @@ class BrokerProtocol:
             case p.Failed():
                 self._worker_failed(peer, msg, now)
             case p.Bye():
-                self._worker_leaving(peer, now)
+                self._worker_leaving(slot, now)
             case _:
                 self._invalid(
                     peer, ProtocolError(f"{type(msg).__name__} is not a worker message"), to_worker=True
@@ -165,49 +152,49 @@ class BrokerProtocol:
             return
         job.done, job.total, job.message = msg.done, msg.total, msg.message[:1000]
         job.eta_s = self.etas.setdefault(job.id, EtaEstimator()).observe(now, msg.done, msg.total)
-        self._publish(job, now)
+        self.out.publish(job, now)
 
     def receive_subscription(self, topic: bytes, now: float, subscribed: bool = True) -> None:
         """A watcher (un)subscribed; on subscribe, republish the job's latest event at once."""
         self.subscriptions.change(topic, subscribed)
         job = self.jobs.get(topic.decode("ascii", "replace")) if subscribed else None
         if job is not None:
-            self._effects.append(Publish(p.encode(self._event(job, now))))
+            self.out.publish(job, now, stamp=False)
 
     def worker_unreachable(self, peer: bytes, now: float) -> None:
         """The shell could not deliver to a worker: it is gone; re-queue its job."""
-        self._worker_gone(peer, now, reason="worker disconnected", lost=True)
+        slot = self.workers.get(peer)
+        if slot is not None:
+            self._worker_gone(slot, now, reason="worker disconnected", lost=True)
         self._dispatch(now)
 
     def tick(self, now: float) -> None:
         """Heartbeats, dead workers and delayed jobs; call every loop iteration."""
-        lost = False
-        for peer, slot in list(self.workers.items()):
-            if slot.liveness.expired(now):
-                self._worker_gone(peer, now, reason=self._silence(slot), lost=True)
-                lost = True
-            elif slot.liveness.due(now):
-                self._send_worker(peer, p.Heartbeat(), now)
+        lost = self.workers.expired(now)
+        for slot in lost:
+            silent_s = self.heartbeat_s * slot.liveness.liveness
+            self._worker_gone(slot, now, reason=f"{slot.describe()} missed heartbeats for {silent_s:g} s",
+                              lost=True)  # fmt: skip
+        for peer in self.workers.heartbeats_due(now):
+            self._send_worker(peer, p.Heartbeat(), now)
         if self.queue.promote_due(self._wall(now)) or lost:
             self._dispatch(now)
 
     def next_deadline(self) -> float:
         """The monotonic time at which ``tick`` next has work, at most a second away."""
-        deadlines = [slot.liveness.next_deadline() for slot in self.workers.values()]
         due = self.queue.next_due()
-        if due is not None:
-            deadlines.append(due - self.wall_offset_s)
-        return min(deadlines, default=float("inf"))
+        delayed = float("inf") if due is None else due - self.wall_offset_s
+        return min(self.workers.next_deadline(), delayed)
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, workers and counters."""
-        states = [job.state for job in self.jobs.values()]
+        states = [self.jobs[job_id].state for job_id in self.by_key.values()]  # live jobs only
         return {
             "epoch": self.epoch,
             "queued": states.count(State.QUEUED),
             "running": states.count(State.RUNNING),
             "workers": len(self.workers),
-            "idle_workers": len(self.idle),
+            "idle_workers": self.workers.idle_count(),
             "tasks": sorted(self.defaults.tasks()),
             **self.counters,
         }
@@ -219,10 +206,10 @@ class BrokerProtocol:
             sub = prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
         except BadArguments as exc:
             code = "too_large" if type(exc).__name__ == "PayloadTooLarge" else "bad_args"
-            self._send_client(peer, p.Error(req=msg.req, code=code, message=str(exc)))
+            self.out.to_client(peer, p.Error(req=msg.req, code=code, message=str(exc)))
             return
         except LookupError as exc:
-            self._send_client(peer, p.Error(req=msg.req, code="unknown_task", message=str(exc)))
+            self.out.to_client(peer, p.Error(req=msg.req, code="unknown_task", message=str(exc)))
             return
         if not msg.force and self._reply_cached(peer, msg.req, sub.cache_key):
             return
@@ -239,13 +226,13 @@ class BrokerProtocol:
             return False
         view, result = stored
         self.counters["cache_hits"] += 1
-        self._send_client(peer, p.Snapshot(req=req, job={**view, "cached": True}, result=result))
+        self.out.to_client(peer, p.Snapshot(req=req, job={**view, "cached": True}, result=result))
         return True
 
     def _join(self, peer: bytes, req: int, job: Job) -> None:
         job.watchers += 1
         self.counters["coalesced"] += 1
-        self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
+        self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
 
     def _create(self, peer: bytes, req: int, sub: Submission, now: float) -> None:
         job = sub.to_job(self.new_id(), self._wall(now))
@@ -253,9 +240,9 @@ class BrokerProtocol:
         self.jobs[job.id] = job
         self.by_key[job.cache_key] = job.id
         self.counters["submitted"] += 1
-        self._journal(job)
-        self._publish(job, now)
-        self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
+        self.out.journal(job)
+        self.out.publish(job, now)
+        self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
         logger.info("job %s queued (%s)", job.id, job.task)
         self._dispatch(now)
@@ -276,21 +263,18 @@ class BrokerProtocol:
             self.by_key.setdefault(job.cache_key, job.id)
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
 
-    def _journal(self, job: Job) -> None:
-        self._effects.append(Journal({"op": "put", "job": job_record(job)}))
-
     def _reply_job(self, peer: bytes, req: int, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is not None:
-            self._send_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
+            self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
             return
         stored = self.results.job(job_id)
         if stored is None:
-            self._send_client(
+            self.out.to_client(
                 peer, p.Error(req=req, code="unknown_job", message="no such job (or past its retention)")
             )
             return
-        self._send_client(peer, p.Snapshot(req=req, job=stored[0], result=stored[1]))
+        self.out.to_client(peer, p.Snapshot(req=req, job=stored[0], result=stored[1]))
 
     def _cancel(self, peer: bytes, msg: p.Cancel, now: float) -> None:
         job = self.jobs.get(msg.id)
@@ -311,24 +295,17 @@ class BrokerProtocol:
     # --- workers -------------------------------------------------------------------------
 
     def _worker_ready(self, peer: bytes, msg: p.Ready, now: float) -> None:
-        if peer in self.workers:
-            self._worker_gone(peer, now, reason="worker re-registered", lost=False)
-        liveness = Liveness(self.heartbeat_s, last_heard=now, last_sent=now)
-        slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
-        slot.busy_from_before = msg.busy
-        self.workers[peer] = slot
+        previous = self.workers.get(peer)
+        if previous is not None:
+            self._worker_gone(previous, now, reason="worker re-registered", lost=False)
+        self.workers.join(peer, msg, now)
         self.defaults.learn(msg.tasks, msg.options or {})
-        if not msg.busy:
-            self.idle.add(peer)
         logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
         job = self._held_job(peer, msg.id, msg.attempt)
-        if job is None:
-            return
-        self._release(peer)
-        if job.is_final:
-            return  # cancelled while it ran: the cancel already published the final state
+        if job is None or job.is_final:
+            return  # a stale attempt, or cancelled while it ran (the cancel published the end)
         if msg.last:
             job.done = _int(msg.last.get("done"), job.done)
             job.total = _int(msg.last.get("total"), job.total)
@@ -342,73 +319,50 @@ class BrokerProtocol:
         job = self._held_job(peer, msg.id, msg.attempt)
         if job is None:
             return
-        self._release(peer)
         error = {k: str(msg.error.get(k, ""))[:MAX_ERROR_TEXT] for k in ("type", "message", "traceback")}
         self._attempt_failed(job, error, now, retry=msg.retry, immediate=False)
 
-    def _worker_gone(self, peer: bytes, now: float, *, reason: str, lost: bool) -> None:
-        slot = self.workers.pop(peer, None)
-        self.idle.remove(peer)
-        if slot is None or slot.job_id is None:
-            return
-        job = self.jobs.get(slot.job_id)
+    def _worker_gone(self, slot: WorkerSlot, now: float, *, reason: str, lost: bool) -> None:
+        self.workers.leave(slot.peer)
+        job = self.jobs.get(slot.job_id) if slot.job_id else None
         if job is None or job.state is not State.RUNNING:
             return
-        if lost:
-            self.counters["workers_lost"] += 1
-            logger.warning("job %s lost its worker %s: %s", job.id, peer.hex(), reason)
-            error = {"type": "WorkerLost", "message": reason, "traceback": ""}
-            self._attempt_failed(job, error, now, retry=True, immediate=True)
-        else:
+        if not lost:
             self._requeue(job, now, delay_s=0.0)
-
-    def _worker_leaving(self, peer: bytes, now: float) -> None:
-        """Warm shutdown: a busy worker finishes its job first; an idle one goes at once."""
-        slot = self.workers.get(peer)
-        if slot is None or slot.job_id is None:
-            self._worker_gone(peer, now, reason="worker said goodbye", lost=False)
             return
-        slot.leaving = True
-        self.idle.remove(peer)
-        logger.info("job %s: worker %s leaves after this job", slot.job_id, peer.hex())
+        self.counters["workers_lost"] += 1
+        logger.warning("job %s lost its worker %s: %s", job.id, slot.peer.hex(), reason)
+        error = {"type": "WorkerLost", "message": reason, "traceback": ""}
+        self._attempt_failed(job, error, now, retry=True, immediate=True)
+
+    def _worker_leaving(self, slot: WorkerSlot | None, now: float) -> None:
+        """Warm shutdown: a busy worker finishes its job first; an idle one goes at once."""
+        if slot is None:
+            return
+        if slot.job_id is None:
+            self._worker_gone(slot, now, reason="worker said goodbye", lost=False)
+            return
+        self.workers.retire(slot)
+        logger.info("job %s: worker %s leaves after this job", slot.job_id, slot.peer.hex())
 
     def _held_job(self, peer: bytes, job_id: str, attempt: int) -> Job | None:
+        """The job an outcome is for, if the sender holds that attempt; frees the sender."""
         slot = self.workers.get(peer)
         job = self.jobs.get(job_id)
         if slot is not None and slot.busy_from_before and slot.job_id is None:
-            slot.busy_from_before = False  # its attempt from before a reconnect ended: idle now
-            self.idle.add(peer)
+            # back from a partition: its old attempt ended; take it once if not re-run yet
             if job is not None and job.state is State.QUEUED and job.attempts == attempt:
-                self._adopt(slot, job)  # not yet re-run elsewhere: take the late outcome once
+                job.move_to(State.RUNNING)
+                self.workers.take(slot, job.id)
+            else:
+                self.workers.release(slot)
         if slot is None or slot.job_id != job_id or job is None or job.attempts != attempt:
             self.counters["stale_messages"] += 1
-            logger.warning(
-                "job %s: dropped a result for attempt %s from %s (not its holder)",
-                job_id,
-                attempt,
-                peer.hex(),
-            )
+            logger.warning("job %s: dropped a result for attempt %s from %s (not its holder)",
+                           job_id, attempt, peer.hex())  # fmt: skip
             return None
+        self.workers.release(slot)
         return job
-
-    def _adopt(self, slot: WorkerSlot, job: Job) -> None:
-        self.idle.remove(slot.peer)
-        slot.job_id = job.id
-        job.move_to(State.RUNNING)
-        job.worker = slot.peer
-        logger.info(
-            "job %s: late outcome of attempt %s accepted from %s", job.id, job.attempts, slot.peer.hex()
-        )
-
-    def _release(self, peer: bytes) -> None:
-        slot = self.workers.get(peer)
-        if slot is None:
-            return
-        slot.job_id = None
-        if slot.leaving:
-            del self.workers[peer]
-        else:
-            self.idle.add(peer)
 
     def _attempt_failed(
         self, job: Job, error: dict[str, str], now: float, *, retry: bool, immediate: bool
@@ -430,13 +384,12 @@ class BrokerProtocol:
         job.worker = None
         job.run_at = self._wall(now) + delay_s
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
-        self._journal(job)
+        self.out.journal(job)
         logger.info("job %s running → queued (attempt %s)", job.id, job.attempts)
-        self._publish(job, now)
+        self.out.publish(job, now)
 
     def _dispatch(self, now: float) -> None:
-        for peer in self.idle.in_order():
-            slot = self.workers[peer]
+        for slot in self.workers.idle_in_order():
             job_id = self.queue.pop_for(slot.tasks, self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
@@ -446,8 +399,7 @@ class BrokerProtocol:
         return job is not None and job.state is State.QUEUED
 
     def _assign(self, slot: WorkerSlot, job: Job, now: float) -> None:
-        self.idle.remove(slot.peer)
-        slot.job_id = job.id
+        self.workers.take(slot, job.id)
         job.move_to(State.RUNNING)
         job.attempts += 1
         self.defaults.resolve(job)
@@ -455,13 +407,13 @@ class BrokerProtocol:
         job.started_at = self._wall(now)
         job.eta_s = None
         self.etas.pop(job.id, None)
-        self._journal(job)
+        self.out.journal(job)
         assign = p.Assign(
             id=job.id, task=job.task, attempt=job.attempts, args=job.args, timeout_s=job.timeout_s
         )
         self._send_worker(slot.peer, assign, now)
         logger.info("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
-        self._publish(job, now)
+        self.out.publish(job, now)
 
     # --- final states ------------------------------------------------------------------------
 
@@ -474,25 +426,15 @@ class BrokerProtocol:
         if self.by_key.get(job.cache_key) == job.id:
             del self.by_key[job.cache_key]
         self.etas.pop(job.id, None)
-        self._effects.append(Journal({"op": "end", "id": job.id}))
-        job.seq += 1  # the final event's seq, so the stored view and the event agree
-        view = job.view(self.epoch)
+        self.out.journal_end(job)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
-        self._effects.append(
-            StoreResult(
-                job.id,
-                view,
-                job.result,
-                retention_s(ttl_s),
-                job.cache_key if ttl_s > 0 else None,
-                ttl_s,
-            )
-        )
-        if self.subscriptions.wanted(job.id.encode()):
-            self._effects.append(Publish(p.encode(self._event(job, now))))
+        job.seq += 1  # the final seq first, so the stored view and the event agree
+        self.out.store(job, retention_s(ttl_s), ttl_s)
+        self.out.publish(job, now, stamp=False)
         logger.info("job %s → %s", job.id, state)
+        view = job.view(self.epoch)
         for peer, req in self.waiters.pop(job.id, []):
-            self._send_client(peer, p.Snapshot(req=req, job=view, result=job.result))
+            self.out.to_client(peer, p.Snapshot(req=req, job=view, result=job.result))
         self._remember_finished(job.id)
 
     def _remember_finished(self, job_id: str) -> None:
@@ -503,44 +445,15 @@ class BrokerProtocol:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _event(self, job: Job, now: float) -> p.Event:
-        return p.Event(
-            id=job.id,
-            seq=job.seq,
-            epoch=self.epoch,
-            state=str(job.state),
-            done=job.done,
-            total=job.total,
-            message=job.message,
-            eta_s=job.eta_s,
-            ts=round(self._wall(now), 3),
-            attempts=job.attempts,
-            error=job.error,
-        )
-
-    def _publish(self, job: Job, now: float) -> None:
-        job.seq += 1
-        if self.subscriptions.wanted(job.id.encode()):  # nobody watching: nothing to encode
-            self._effects.append(Publish(p.encode(self._event(job, now))))
-
-    def _send_client(self, peer: bytes, msg: p.Message) -> None:
-        self._effects.append(SendClient(peer, p.encode(msg)))
-
     def _send_worker(self, peer: bytes, msg: p.Message, now: float) -> None:
         slot = self.workers.get(peer)
         if slot is not None:
             slot.liveness.on_sent(now)
-        self._effects.append(SendWorker(peer, p.encode(msg)))
+        self.out.to_worker(peer, msg)
 
     def _invalid(self, peer: bytes, exc: ProtocolError, *, to_worker: bool) -> None:
         self.counters["invalid_messages"] += 1
-        logger.warning("invalid message from %s: %s", peer.hex(), exc)
-        error = p.encode(p.Error(code="protocol", message=str(exc)))
-        self._effects.append(SendWorker(peer, error) if to_worker else SendClient(peer, error))
-
-    def _silence(self, slot: WorkerSlot) -> str:
-        silent_s = self.heartbeat_s * slot.liveness.liveness
-        return f"worker {slot.pid or '?'} on {slot.host or '?'} missed heartbeats for {silent_s:g} s"
+        self.out.protocol_error(peer, exc, to_worker=to_worker)
 
     def _wall(self, now: float) -> float:
         return now + self.wall_offset_s

@@ -1,28 +1,12 @@
-"""Per-task defaults learnt from workers, worker slots, and retention rules (pure)."""
+"""Per-task defaults learnt from workers, and retention rules (pure)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 
 from broker.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TTL_S, Job
-from broker.liveness import Liveness
 
 MIN_RETENTION_S: Final = 3600.0  # a finished job's status stays readable at least this long
-
-
-@dataclass(slots=True)
-class WorkerSlot:
-    """One connected worker slot (one agent process, one job at a time)."""
-
-    peer: bytes
-    tasks: frozenset[str]
-    liveness: Liveness
-    pid: int = 0
-    host: str = ""
-    job_id: str | None = None
-    busy_from_before: bool = False  # still running an attempt from before it reconnected
-    leaving: bool = False  # said Bye while busy: finish the job, then go
 
 
 class TaskDefaults:

@@ -1,9 +1,9 @@
-"""Queues (pure): per-task priority queues, delayed jobs, least-recently-used idle workers."""
+"""Queues (pure): per-task priority queues, delayed jobs, retry back-off."""
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -71,29 +71,6 @@ class JobQueue:
         """Entries held, ready and delayed (may count cancelled leftovers)."""
         ready = sum(len(lane) for lanes in self._ready.values() for lane in lanes)
         return ready + len(self._delayed)
-
-
-class IdleWorkers:
-    """Idle worker peers, least recently used first."""
-
-    def __init__(self) -> None:
-        self._order: OrderedDict[bytes, None] = OrderedDict()
-
-    def add(self, peer: bytes) -> None:
-        """Mark a worker idle; it goes to the back of the line."""
-        self._order.pop(peer, None)
-        self._order[peer] = None
-
-    def remove(self, peer: bytes) -> None:
-        """Forget a worker (busy or gone)."""
-        self._order.pop(peer, None)
-
-    def in_order(self) -> list[bytes]:
-        """Idle workers, the one idle longest first."""
-        return list(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
 
 
 def retry_delay_s(attempts: int) -> float:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.scheduling import RETRY_BASE_S, RETRY_MAX_S, IdleWorkers, JobQueue, retry_delay_s
+from broker.protocol import Ready
+from broker.scheduling import RETRY_BASE_S, RETRY_MAX_S, JobQueue, retry_delay_s
+from broker.workforce import Workforce
 
 NOW = 1_700_000_000.0
 
@@ -96,17 +98,17 @@ def test_all_cancelled_lane_falls_through_to_next_priority() -> None:
 
 
 def test_idle_workers_lru() -> None:
-    idle = IdleWorkers()
-    for peer in [b"w1", b"w2", b"w3"]:
-        idle.add(peer)
-    assert idle.in_order() == [b"w1", b"w2", b"w3"]
-    idle.remove(b"w1")
-    idle.add(b"w1")  # back from a job: now the most recently used
-    assert idle.in_order() == [b"w2", b"w3", b"w1"]
-    idle.add(b"w2")  # re-adding moves to the back
-    assert idle.in_order() == [b"w3", b"w1", b"w2"]
-    idle.remove(b"nobody")
-    assert len(idle) == 3
+    workers = Workforce(heartbeat_s=1.0)
+    slots = {peer: workers.join(peer, Ready(tasks=["t"]), 0.0) for peer in [b"w1", b"w2", b"w3"]}
+    assert [s.peer for s in workers.idle_in_order()] == [b"w1", b"w2", b"w3"]
+    workers.take(slots[b"w1"], "job-1")
+    workers.release(slots[b"w1"])  # back from a job: now the most recently used
+    assert [s.peer for s in workers.idle_in_order()] == [b"w2", b"w3", b"w1"]
+    workers.retire(slots[b"w2"])  # said Bye: idle no more
+    assert [s.peer for s in workers.idle_in_order()] == [b"w3", b"w1"]
+    busy = workers.join(b"w4", Ready(tasks=["t"], busy=True), 0.0)
+    assert busy not in workers.idle_in_order() and workers.idle_count() == 2
+    assert workers.leave(b"nobody") is None and len(workers) == 4
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,108 @@
+"""The connected worker slots (pure): who is idle, least recently used first, and who is alive."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from broker.liveness import Liveness
+from broker.protocol import Ready
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    """One connected worker slot (one agent process, one job at a time)."""
+
+    peer: bytes
+    tasks: frozenset[str]
+    liveness: Liveness
+    pid: int = 0
+    host: str = ""
+    job_id: str | None = None
+    busy_from_before: bool = False  # still running an attempt from before it reconnected
+    leaving: bool = False  # said Bye while busy: finish the job, then go
+
+    def describe(self) -> str:
+        """``pid on host`` for log lines and error messages."""
+        return f"worker {self.pid or '?'} on {self.host or '?'}"
+
+
+class Workforce:
+    """Worker slots by peer id, with an LRU line of the idle ones and their heartbeats."""
+
+    def __init__(self, heartbeat_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self._slots: dict[bytes, WorkerSlot] = {}
+        self._idle: OrderedDict[bytes, None] = OrderedDict()
+
+    def join(self, peer: bytes, msg: Ready, now: float) -> WorkerSlot:
+        """Register a slot that sent Ready; it is idle unless still busy from before."""
+        liveness = Liveness(self.heartbeat_s, last_heard=now, last_sent=now)
+        slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
+        slot.busy_from_before = msg.busy
+        self._slots[peer] = slot
+        if not msg.busy:
+            self._mark_idle(peer)
+        return slot
+
+    def leave(self, peer: bytes) -> WorkerSlot | None:
+        """Forget a slot; return it (with the job it held) if it was known."""
+        self._idle.pop(peer, None)
+        return self._slots.pop(peer, None)
+
+    def take(self, slot: WorkerSlot, job_id: str) -> None:
+        """The slot now runs ``job_id``: no longer idle."""
+        self._idle.pop(slot.peer, None)
+        slot.job_id = job_id
+
+    def release(self, slot: WorkerSlot) -> None:
+        """The slot's job ended: back to the end of the idle line, or gone if leaving."""
+        slot.job_id = None
+        slot.busy_from_before = False
+        if slot.leaving:
+            self._slots.pop(slot.peer, None)
+        else:
+            self._mark_idle(slot.peer)
+
+    def retire(self, slot: WorkerSlot) -> None:
+        """The slot said Bye while busy: it finishes its job and takes no other."""
+        slot.leaving = True
+        self._idle.pop(slot.peer, None)
+
+    def idle_in_order(self) -> list[WorkerSlot]:
+        """Idle slots, the one idle longest first."""
+        return [self._slots[peer] for peer in self._idle]
+
+    def expired(self, now: float) -> list[WorkerSlot]:
+        """Slots silent for longer than their liveness allows."""
+        return [slot for slot in self._slots.values() if slot.liveness.expired(now)]
+
+    def heartbeats_due(self, now: float) -> list[bytes]:
+        """Peers that should be sent a heartbeat now."""
+        return [peer for peer, slot in self._slots.items() if slot.liveness.due(now)]
+
+    def next_deadline(self) -> float:
+        """The earliest heartbeat or expiry time over all slots."""
+        return min((slot.liveness.next_deadline() for slot in self._slots.values()), default=float("inf"))
+
+    def get(self, peer: bytes) -> WorkerSlot | None:
+        """The slot of ``peer``, if connected."""
+        return self._slots.get(peer)
+
+    def idle_count(self) -> int:
+        """How many slots are idle."""
+        return len(self._idle)
+
+    def _mark_idle(self, peer: bytes) -> None:
+        self._idle.pop(peer, None)
+        self._idle[peer] = None
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._slots
+
+    def __iter__(self) -> Iterator[WorkerSlot]:
+        return iter(list(self._slots.values()))
+
+    def __len__(self) -> int:
+        return len(self._slots)
