@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from workers import Job, task
+from workers import context as _context
+
+GO_WAIT_S = 120.0
 
 
 @task("bench_noop", ttl=0)
@@ -12,3 +17,56 @@ def bench_noop(job: Job, **args: Any) -> dict[str, Any]:
     """Report progress once and return at once."""
     job.progress(1, 1, "done")
     return {}
+
+
+@task("bench_cached", ttl=3600)
+def bench_cached(job: Job, **args: Any) -> dict[str, Any]:
+    """Like bench_noop, but its result is cached (the cache-hit figure)."""
+    job.progress(1, 1, "done")
+    return {"args": args}
+
+
+@task("bench_cpu", ttl=0)
+def bench_cpu(job: Job, loops: int = 200_000, **args: Any) -> int:
+    """CPU-bound: a pure-Python loop (about 10-20 ms for the default on this machine kind)."""
+    total = 0
+    for i in range(loops):
+        total += i * i % 7
+    job.progress(1, 1, "done")
+    return total
+
+
+@task("bench_push", ttl=0, timeout=900)
+def bench_push(job: Job, rate: float = 100.0, count: int = 500, go_file: str = "",
+               unthrottled: bool = True, **args: Any) -> dict[str, Any]:
+    """Emit ``count`` progress events at ``rate``/s, each message carrying ``t=<time.time()>``.
+
+    Waits (bounded) for ``go_file`` to exist first, so that the watchers are connected before
+    the first event. With ``unthrottled`` the worker's per-job progress throttle
+    (``workers.context.PROGRESS_INTERVAL_S``, 0.1 s, not configurable) is lifted for this
+    process while the task runs, so one job can carry more than 10 events/s.
+    """
+    deadline = time.monotonic() + GO_WAIT_S
+    while go_file and not os.path.exists(go_file):
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench_push: no go signal")
+        time.sleep(0.005)
+    saved = _context.PROGRESS_INTERVAL_S
+    if unthrottled:
+        setattr(_context, "PROGRESS_INTERVAL_S", 0.0)  # noqa: B010 (Final in the product)
+    try:
+        period = 1.0 / rate
+        start = time.monotonic() + 0.01
+        late = 0
+        for i in range(1, count + 1):
+            due = start + (i - 1) * period
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -period:
+                late += 1
+            job.progress(i, count, f"t={time.time():.6f}")
+        elapsed = time.monotonic() - start
+    finally:
+        setattr(_context, "PROGRESS_INTERVAL_S", saved)  # noqa: B010
+    return {"sent": count, "rate": count / elapsed if elapsed > 0 else 0.0, "late": late}

@@ -1,0 +1,150 @@
+"""WebSocket watcher load client for scripts/bench (one asyncio process, uvloop).
+
+    python scripts/bench_ws.py --base ws://127.0.0.1:PORT --jobs ID [ID...] --n 100
+
+Opens N watchers on ``/api/jobs/{id}/events`` (watcher i watches job i mod len(jobs)),
+prints ``{"connected": n, "failed": k, "connect_s": s}`` once every one has its snapshot,
+then reads every pushed event until the server closes the socket (the job's final state)
+or ``--timeout``. Progress events (state running, a seq not seen yet) whose message is
+``t=<time.time() at the worker>`` give a latency
+(receive − send). Prints one JSON summary line: receipts, per-watcher counts, percentiles,
+the p50 in the first and last fifth of the run (a growing queue shows there), and the span
+from the first send to the last receipt (delivered messages/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+
+def percentile(ordered: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not ordered:
+        return None
+    rank = max(0, min(len(ordered) - 1, int(round(pct / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+class Watcher:
+    """One WebSocket connection and what it saw."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ws: ClientConnection | None = None
+        self.events = 0
+        self.samples: list[tuple[float, float]] = []  # (sent, received), time.time()
+        self.final = False
+        self.last_recv = 0.0
+        self.seq = 0
+
+    async def open(self) -> None:
+        self.ws = await connect(self.url, compression=None, open_timeout=60, max_queue=None)
+        first = json.loads(await asyncio.wait_for(self.ws.recv(), 60))  # the snapshot
+        self.seq = int(first.get("seq") or 0)
+        self.final = first.get("state") in ("done", "failed", "cancelled")
+
+    async def run(self) -> None:
+        assert self.ws is not None
+        try:
+            async for raw in self.ws:
+                now = time.time()
+                msg = json.loads(raw)
+                self.events += 1
+                self.last_recv = now
+                text = msg.get("message") or ""
+                seq = int(msg.get("seq") or 0)
+                # a progress event not seen before (a resync snapshot may repeat one; the
+                # final event repeats the last message)
+                if seq > self.seq and msg.get("state") == "running" and text.startswith("t="):
+                    self.samples.append((float(text[2:]), now))
+                self.seq = max(self.seq, seq)
+                if msg.get("state") in ("done", "failed", "cancelled"):
+                    self.final = True
+        except ConnectionClosed:
+            pass
+
+
+async def connect_all(watchers: list[Watcher], concurrency: int) -> int:
+    """Open every watcher, ``concurrency`` handshakes at a time; the number that failed."""
+    gate = asyncio.Semaphore(concurrency)
+    failed = 0
+
+    async def one(w: Watcher) -> None:
+        nonlocal failed
+        async with gate:
+            try:
+                await w.open()
+            except (OSError, asyncio.TimeoutError, ConnectionClosed):
+                failed += 1
+                w.ws = None
+
+    await asyncio.gather(*(one(w) for w in watchers))
+    return failed
+
+
+def report(watchers: list[Watcher], timed_out: bool, cpu_s: float) -> dict[str, Any]:
+    """The JSON summary line."""
+    samples = [s for w in watchers for s in w.samples]
+    latencies = sorted((r - s) * 1e3 for s, r in samples)
+    out: dict[str, Any] = {
+        "watchers": len(watchers), "receipts": len(samples),
+        "events": sum(w.events for w in watchers),
+        "min_per_watcher": min((len(w.samples) for w in watchers), default=0),
+        "max_per_watcher": max((len(w.samples) for w in watchers), default=0),
+        "saw_final": sum(1 for w in watchers if w.final), "timeout": timed_out,
+        "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else None,
+        "client_cpu_s": cpu_s,
+    }
+    if samples:
+        first_sent = min(s for s, _ in samples)
+        last_sent = max(s for s, _ in samples)
+        last_recv = max(r for _, r in samples)
+        out["span_s"] = last_recv - first_sent
+        fifth = (last_sent - first_sent) / 5
+        early = sorted((r - s) * 1e3 for s, r in samples if s <= first_sent + fifth)
+        late = sorted((r - s) * 1e3 for s, r in samples if s >= last_sent - fifth)
+        out["p50_first_fifth_ms"] = percentile(early, 50)
+        out["p50_last_fifth_ms"] = percentile(late, 50)
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base", required=True, help="ws://HOST:PORT")
+    ap.add_argument("--jobs", nargs="+", required=True)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--concurrency", type=int, default=200)
+    ap.add_argument("--timeout", type=float, default=120.0)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    watchers = [Watcher(f"{args.base}/api/jobs/{args.jobs[i % len(args.jobs)]}/events")
+                for i in range(args.n)]
+    t0 = time.monotonic()
+    failed = await connect_all(watchers, args.concurrency)
+    print(json.dumps({"connected": args.n - failed, "failed": failed,
+                      "connect_s": time.monotonic() - t0}), flush=True)
+    live = [w for w in watchers if w.ws is not None]
+    cpu0 = time.process_time()
+    tasks = [asyncio.create_task(w.run()) for w in live]
+    done, pending = await asyncio.wait(tasks, timeout=args.timeout) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    cpu_s = time.process_time() - cpu0
+    print(json.dumps(report(live, bool(pending), cpu_s)), flush=True)
+    await asyncio.gather(*(w.ws.close() for w in live if w.ws is not None), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
