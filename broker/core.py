@@ -73,6 +73,7 @@ class BrokerProtocol:
         self.out = Outbox(epoch, wall_offset_s)
         self.subscriptions = self.out.subscriptions
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.storage_error: str | None = None  # set by the shell while the data dir is full
 
     # --- the shell's interface ---------------------------------------------------------
 
@@ -202,6 +203,9 @@ class BrokerProtocol:
     # --- client requests ---------------------------------------------------------------
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
+        if self.storage_error is not None:  # nothing could be journaled: refuse, keep serving reads
+            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
+            return
         try:
             sub = prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
         except BadArguments as exc:

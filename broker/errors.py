@@ -9,6 +9,7 @@ Hierarchy::
      ├── UnknownTask        no worker offers the task
      ├── UnknownJob         no such job id (never existed, or past its retention)
      ├── BrokerError        the broker refused a request (its error code and message)
+     │    └── StorageFull   the data dir cannot take more writes: submits are refused
      ├── UnsafeStoredData   a stored row that would need unpickling, or a bad data dir
      ├── JobFailed          the job ended ``failed``; carries the error record
      └── JobCancelled       the job ended ``cancelled``
@@ -55,6 +56,13 @@ class BrokerError(JobcastError):
         self.message = message
 
 
+class StorageFull(BrokerError):
+    """The broker's data dir is full or unwritable; submissions are refused meanwhile."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("storage_full", message)
+
+
 class UnsafeStoredData(JobcastError):
     """Stored data jobcast refuses to read (a pickled row) or a data dir it refuses to use."""
 
@@ -87,5 +95,7 @@ def error_for_code(code: str, message: str) -> JobcastError:
             return PayloadTooLarge(message)
         case "bad_args":
             return BadArguments(message)
+        case "storage_full":
+            return StorageFull(message)
         case _:
             return BrokerError(code, message)

@@ -70,6 +70,18 @@ class JobJournal:
             self.db.execute("ROLLBACK")
             raise
 
+    def probe(self) -> None:
+        """Prove the journal takes writes: insert and remove a row in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("CREATE TABLE IF NOT EXISTS probe (x INTEGER)")
+            self.db.execute("INSERT INTO probe VALUES (1)")
+            self.db.execute("DELETE FROM probe")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     def close(self) -> None:
         """Close the database."""
         self.db.close()

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -27,6 +28,7 @@ from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, Sto
 from broker.journal import JobJournal
 from broker.liveness import heartbeat_interval_s
 from broker.results import ResultStore, prepare_data_dir
+from broker.storage import StorageGuard
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +50,14 @@ class BrokerServer:
         self.data_dir = prepare_data_dir(data_dir)
         self.journal = JobJournal(self.data_dir)
         self.results = ResultStore(self.data_dir)
+        self.storage = StorageGuard(self.data_dir, self.journal)
         self.epoch = next_epoch(self.data_dir)
         self.core = BrokerProtocol(
             self.results, epoch=self.epoch, heartbeat_s=heartbeat_interval_s(),
             wall_offset_s=time.time() - time.monotonic(),
         )  # fmt: skip
         self.core.restore(self.journal.replay(), time.monotonic())
+        self.core.storage_error = self.storage.check(time.monotonic())
         self.stopping = 0
         self.next_cull = time.monotonic() + CULL_INTERVAL_S
         self.context = zmq.Context()
@@ -118,6 +122,7 @@ class BrokerServer:
             self._wake_r.recv(64)
         core.tick(now)
         self.apply(core.effects_to_apply())
+        core.storage_error = self.storage.check(now)
         if now >= self.next_cull:
             self.next_cull = now + CULL_INTERVAL_S
             self.results.cull()
@@ -133,12 +138,11 @@ class BrokerServer:
 
     def apply(self, effects: list[Effect]) -> None:
         """Carry out effects: durable ones first, then sends and publishes in order."""
-        stores = [e for e in effects if isinstance(e, StoreResult)]
-        if stores:
-            self.results.store_many(stores)
-        records = [e.record for e in effects if isinstance(e, Journal)]
-        if records:
-            self.journal.apply(records)
+        try:
+            self._write_durably(effects)
+        except (sqlite3.Error, OSError) as exc:
+            # the jobs stay in memory and run; new submits are refused until writes work
+            self.core.storage_error = self.storage.on_write_error(exc)
         for effect in effects:
             match effect:
                 case SendClient(to, frames):
@@ -149,6 +153,15 @@ class BrokerServer:
                     _send(self.events_out, frames)
                 case StoreResult() | Journal():
                     pass
+
+    def _write_durably(self, effects: list[Effect]) -> None:
+        # results before the journal: a job leaves the journal only once its result is kept
+        stores = [e for e in effects if isinstance(e, StoreResult)]
+        if stores:
+            self.results.store_many(stores)
+        records = [e.record for e in effects if isinstance(e, Journal)]
+        if records:
+            self.journal.apply(records)
 
     def _send_worker(self, peer: bytes, frames: list[bytes]) -> None:
         try:

@@ -15,6 +15,7 @@ from broker.errors import (
     BrokerError,
     PayloadTooLarge,
     ProtocolError,
+    StorageFull,
     UnknownJob,
     UnknownTask,
 )
@@ -73,6 +74,7 @@ def exception_handlers() -> dict[int | type[Exception], ExceptionHandler]:
         BadArguments: _status_handler(400),
         UnknownTask: _status_handler(400),
         ProtocolError: _status_handler(502),
+        StorageFull: _status_handler(503),
         BrokerError: _status_handler(502),
         TimeoutError: _status_handler(503, "the broker did not answer in time"),
         Exception: _unexpected,
