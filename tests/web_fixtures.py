@@ -6,6 +6,7 @@ Register with ``pytest_plugins = ["web_fixtures"]`` in conftest.py.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,9 +57,13 @@ class WebStack:
 def start_web(
     base_url: str, tmpdir_short: str, part_env: dict[str, str], processes: list[ReadyProcess]
 ) -> Callable[..., WebServer]:
-    """Start ``python -m web`` on 127.0.0.1:0 against the test's broker; waits until healthy."""
+    """Start ``python -m web`` against the test's broker; waits until healthy.
 
-    def start(*extra: str, wait_healthy: bool = True) -> WebServer:
+    ``port`` 0 (the default) lets the server pick one; a fixed port (see ``free_port``)
+    lets a test restart the server where the browser expects it.
+    """
+
+    def start(*extra: str, wait_healthy: bool = True, port: int = 0) -> WebServer:
         argv = [
             PYTHON,
             "-m",
@@ -70,7 +75,7 @@ def start_web(
             "--host",
             "127.0.0.1",
             "--port",
-            "0",
+            str(port),
             *extra,
         ]
         proc = ReadyProcess(argv, env={**part_env, **WEB_TEST_ENV})
@@ -81,6 +86,13 @@ def start_web(
         return server
 
     return start
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _healthy(url: str) -> bool:
@@ -98,8 +110,30 @@ def web_stack(
     part_env: dict[str, str],
 ) -> WebStack:
     """A broker, a web server and 2 workers running the test tasks, the demo report and feeds."""
+    return _stack(start_broker, start_workers, start_web, part_env, port=0)
+
+
+@pytest.fixture
+def web_stack_fixed_port(
+    start_broker: Callable[..., ReadyProcess],
+    start_workers: Callable[..., ReadyProcess],
+    start_web: Callable[..., WebServer],
+    part_env: dict[str, str],
+) -> WebStack:
+    """Like ``web_stack``, but the web server listens on a fixed free port, so that a test
+    can stop it and start a new one where the browser expects it (``start_web(port=...)``)."""
+    return _stack(start_broker, start_workers, start_web, part_env, port=free_port())
+
+
+def _stack(
+    start_broker: Callable[..., ReadyProcess],
+    start_workers: Callable[..., ReadyProcess],
+    start_web: Callable[..., WebServer],
+    part_env: dict[str, str],
+    port: int,
+) -> WebStack:
     broker = start_broker()
-    web = start_web()
+    web = start_web(port=port)
     part_env["JOBCAST_FEEDS_ALLOW"] = f"{web.url}/demo/feeds/"
     workers = start_workers(2, "--tasks", "workers.demo", "--tasks", "workers.feeds")
     return WebStack(broker, workers, web)

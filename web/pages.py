@@ -1,4 +1,5 @@
-"""HTML pages: ``/`` (demo), ``/jobs/{id}`` (progress) and ``/reports/{task}`` (seed flow).
+"""HTML pages: ``/`` (demo), ``/jobs/{id}`` (progress), ``/bars?id=…`` (several progress bars)
+and ``/reports/{task}`` (seed flow).
 
 ``/reports/{task}?k=v`` renders a fresh cached result at once; otherwise it submits the job
 (coalesced with an identical running one) and sends the browser (303) to the progress page,
@@ -8,6 +9,7 @@ same-origin relative path (no open redirect).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -20,10 +22,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from broker.errors import UnknownTask, UnsafeStoredData
-from broker.jobs import cache_key, canonical_args, check_task_name
+from broker.jobs import cache_key, canonical_args, check_task_name, is_job_id
 from broker.results import ResultReader
 from web.api import job_id_param
-from web.errors import ApiError
+from web.errors import NO_SUCH_JOB, ApiError
 from web.render import Markup, escape, render, render_result
 from web.settings import Settings
 
@@ -32,8 +34,9 @@ logger = logging.getLogger(__name__)
 INT_PATTERN: Final = re.compile(r"0|-?[1-9][0-9]{0,14}")
 DECIMAL_PATTERN: Final = re.compile(r"-?(0|[1-9][0-9]{0,14})\.[0-9]{1,15}")
 MAX_NEXT_CHARS: Final = 2048
+MAX_BARS: Final = 20
 DEMO_FEEDS: Final = ("python.xml", "jobcast-atom.xml", "tricky.xml")
-ROBOTS: Final = "User-agent: *\nDisallow: /jobs/\nDisallow: /api/\nDisallow: /reports/\n"
+ROBOTS: Final = "User-agent: *\nDisallow: /jobs/\nDisallow: /bars\nDisallow: /api/\nDisallow: /reports/\n"
 
 
 def safe_next(value: str | None) -> str:
@@ -102,6 +105,31 @@ async def job_page(request: Request) -> HTMLResponse:
     )
 
 
+async def bars(request: Request) -> HTMLResponse:
+    """``GET /bars?id=A&id=B…``: one live progress bar per job (progress.js attaches to each).
+
+    Ids are validated (shape, then existence: an unknown one is a 404, like ``/jobs/{id}``);
+    repeats are shown once. No ``next``: several jobs have no single place to go back to.
+    """
+    ids = list(dict.fromkeys(request.query_params.getlist("id")))
+    if not ids:
+        raise ApiError(400, "give at least one job: /bars?id=JOB_ID&id=…")
+    if len(ids) > MAX_BARS:
+        raise ApiError(400, f"at most {MAX_BARS} jobs per page (got {len(ids)})")
+    if not all(is_job_id(job_id) for job_id in ids):
+        raise ApiError(404, NO_SUCH_JOB)
+    jobs = await asyncio.gather(*(request.state.client.status(job_id) for job_id in ids))
+    items = Markup(
+        "".join(
+            f'<section class="jobcast-item"><h2>{escape(number)}. {escape(job.get("task", "job"))}</h2>'
+            f'<div class="jobcast-job" data-jobcast-job="{escape(job["id"])}" '
+            'data-jobcast-cancel="true"></div></section>'
+            for number, job in enumerate(jobs, start=1)
+        )
+    )
+    return _html(render("bars.html", base=_base(request), count=len(jobs), bars=items))
+
+
 async def report(request: Request) -> Response:
     """``GET /reports/{task}?k=v…``: the cached result at once, else 303 to its progress page."""
     task = str(request.path_params["task"])
@@ -144,6 +172,7 @@ async def robots(request: Request) -> PlainTextResponse:
 routes: Final = [
     Route("/", index, methods=["GET"]),
     Route("/jobs/{job_id:path}", job_page, methods=["GET"]),
+    Route("/bars", bars, methods=["GET"]),
     Route("/reports/{task}", report, methods=["GET"]),
     Route("/robots.txt", robots, methods=["GET"]),
 ]

@@ -15,8 +15,9 @@
  *
  * Protocol: WS {base}api/jobs/{id}/events?after=SEQ sends a snapshot, then events
  * ({seq, state, done, total, message, eta_s, error}), and closes after a final state.
- * On a lost connection the bar says "reconnecting", waits (0.5 s doubling to 10 s) and
- * reconnects with after=<last seq>, so it misses no state and repeats none.
+ * On a lost connection the bar says "reconnecting", waits (0.5 s, growing 1.5x to at most
+ * 3 s, with jitter) and reconnects with after=<last seq>, so it misses no state and repeats
+ * none. The cap is short on purpose: a restarted server is picked up within a few seconds.
  */
 (function () {
   "use strict";
@@ -27,7 +28,8 @@
     failed: "Failed", cancelled: "Cancelled"
   };
   var RETRY_FIRST_MS = 500;
-  var RETRY_MAX_MS = 10000;
+  var RETRY_GROWTH = 1.5;
+  var RETRY_MAX_MS = 3000;
   var NEXT_DELAY_MS = 300;
   var script = document.currentScript;
   var scriptBase = script && script.src ? new URL("..", script.src).href : location.origin + "/";
@@ -129,7 +131,7 @@
 
   Bar.prototype.reconnect = function (wasOpen) {
     var self = this;
-    var delay = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * Math.pow(2, this.retries));
+    var delay = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * Math.pow(RETRY_GROWTH, this.retries));
     this.retries += 1;
     this.connectionEl.textContent = "Connection lost: reconnecting…";
     this.root.classList.add("jobcast-reconnecting");
