@@ -14,7 +14,8 @@ import zmq.asyncio
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.errors import ProtocolError
-from broker.replies import FINAL, event_view, final_result, job_view, submit_message
+from broker.jobs import FINAL_STATES
+from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0
@@ -123,27 +124,19 @@ class AsyncClient:
         sub.setsockopt(zmq.SUBSCRIBE, job_id.encode())
         sub.connect(self.endpoints.events_out)
         try:
-            last_seq, state = after, ""
-            snapshot = await self.status(job_id)
-            if snapshot["seq"] > last_seq:
-                last_seq, state = snapshot["seq"], snapshot["state"]
-                yield snapshot
-            while state not in FINAL and snapshot["state"] not in FINAL:
-                event = await self._next_event(sub, job_id) or await self.status(job_id)
-                if event["seq"] > last_seq:
-                    last_seq, state = event["seq"], event["state"]
+            follower = EventFollower(after)
+            event: dict[str, Any] | None = await self.status(job_id)  # snapshot, after subscribing
+            while True:
+                if event is not None and follower.accept(event):
                     yield event
+                if follower.finished or (event is not None and event["state"] in FINAL_STATES):
+                    return
+                if await sub.poll(int(EVENT_RECHECK_S * 1000)):
+                    event = published_event(await sub.recv_multipart(), job_id)
+                else:
+                    event = await self.status(job_id)  # quiet: PUB may have dropped; re-read
         finally:
             sub.close()
-
-    async def _next_event(self, sub: zmq.asyncio.Socket, job_id: str) -> dict[str, Any] | None:
-        if not await sub.poll(int(EVENT_RECHECK_S * 1000)):
-            return None
-        frames = await sub.recv_multipart()
-        if frames[0] != job_id.encode():
-            return None
-        msg = p.decode(frames)
-        return event_view(msg) if isinstance(msg, p.Event) else None
 
     async def _call(self, msg: Any, timeout_s: float | None = None) -> p.Message:
         if self._reader is None or self._reader.done():

@@ -19,7 +19,8 @@ import zmq
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncJob
-from broker.replies import FINAL, event_view, final_result, job_view, submit_message
+from broker.jobs import FINAL_STATES
+from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
 
 __all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
 
@@ -164,27 +165,16 @@ class Client:
             sub.close()
 
     def _follow(self, sub: zmq.Socket[bytes], job_id: str, after: int) -> Iterator[dict[str, Any]]:
-        last_seq, state = after, ""
-        snapshot = self.status(job_id)
-        if snapshot["seq"] > last_seq:
-            last_seq, state = snapshot["seq"], snapshot["state"]
-            yield snapshot
-        while state not in FINAL and snapshot["state"] not in FINAL:
-            event = self._next_event(sub, job_id)
-            if event is None:
-                event = self.status(job_id)  # nothing pushed for a while: PUB may have dropped
-            if event["seq"] > last_seq:
-                last_seq, state = event["seq"], event["state"]
+        follower = EventFollower(after)
+        event: dict[str, Any] | None = self.status(job_id)  # the snapshot, after subscribing
+        while True:
+            if event is not None and follower.accept(event):
                 yield event
-
-    def _next_event(self, sub: zmq.Socket[bytes], job_id: str) -> dict[str, Any] | None:
-        if not sub.poll(int(EVENT_RECHECK_S * 1000)):
-            return None
-        frames = sub.recv_multipart()
-        if frames[0] != job_id.encode():
-            return None  # SUBSCRIBE is a prefix match: another job's id began with ours
-        msg = p.decode(frames)
-        return event_view(msg) if isinstance(msg, p.Event) else None
+            if follower.finished or (event is not None and event["state"] in FINAL_STATES):
+                return
+            has_event = sub.poll(int(EVENT_RECHECK_S * 1000))
+            # nothing pushed for a while: PUB may have dropped, so re-read the snapshot
+            event = published_event(sub.recv_multipart(), job_id) if has_event else self.status(job_id)
 
     # --- transport ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from broker import protocol as p
 from broker.errors import JobCancelled, JobFailed, ProtocolError, error_for_code
-from broker.jobs import canonical_args
+from broker.jobs import FINAL_STATES, canonical_args
 
 
 def submit_message(
@@ -75,4 +75,25 @@ def event_view(event: p.Event) -> dict[str, Any]:
     return view
 
 
-FINAL = frozenset({"done", "failed", "cancelled"})
+class EventFollower:
+    """Clone-pattern bookkeeping for one watcher: pass only newer events, stop after the end."""
+
+    def __init__(self, after: int = 0) -> None:
+        self.last_seq = after
+        self.finished = False
+
+    def accept(self, event: dict[str, Any]) -> bool:
+        """Whether to deliver ``event`` (newer than all delivered); notes a final state."""
+        if event["seq"] <= self.last_seq:
+            return False
+        self.last_seq = event["seq"]
+        self.finished = event["state"] in FINAL_STATES
+        return True
+
+
+def published_event(frames: list[bytes], job_id: str) -> dict[str, Any] | None:
+    """The event in a SUB message, if it is for exactly ``job_id`` (SUBSCRIBE is a prefix)."""
+    if frames[0] != job_id.encode():
+        return None
+    msg = p.decode(frames)
+    return event_view(msg) if isinstance(msg, p.Event) else None
