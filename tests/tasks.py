@@ -79,3 +79,43 @@ def ledger(job: Job, path: str, seconds: float = 0.0) -> dict[str, Any]:
 def _append(path: str, line: str) -> None:
     with open(path, "a") as ledger_file:
         ledger_file.write(line + "\n")
+
+
+@task("record")
+def record(job: Job, path: str, i: int = 0, seconds: float = 0.0, steps: int = 1) -> dict[str, Any]:
+    """Ledger lines ``job_id attempt pid start|end i`` around ``seconds`` of work in ``steps``.
+
+    Progress is reported after each step; the result names the attempt that produced it.
+    """
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} start {i}")
+    for step in range(1, steps + 1):
+        time.sleep(seconds / steps)
+        job.progress(step, steps)
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} end {i}")
+    return {"id": job.id, "attempt": job.attempt, "pid": os.getpid(), "i": i}
+
+
+@task("gil_hog")
+def gil_hog(job: Job, n: int = 25) -> int:
+    """Hold the GIL inside one C call (catastrophic backtracking; n=25 is about 1.5 s)."""
+    import re
+
+    return 0 if re.match(r"(a+)+$", "a" * n + "b") is None else 1
+
+
+@task("stubborn")
+def stubborn(job: Job, path: str, seconds: float = 30.0) -> None:
+    """Report progress every 20 ms but swallow the JobCancelled it raises; ledger lines."""
+    from broker.errors import JobCancelled
+
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} start")
+    deadline, swallowed = time.monotonic() + seconds, False
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        try:
+            job.progress(1, 2, "ignoring cancels")
+        except JobCancelled:
+            if not swallowed:
+                swallowed = True
+                _append(path, f"{job.id} {job.attempt} {os.getpid()} swallowed")
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} end")

@@ -1,0 +1,352 @@
+"""Fault injection on real processes (RELIABILITY.md 3.2-3.4): SIGKILL, SIGSTOP, restarts.
+
+Heartbeats are H = 0.1 s with liveness L = 3 (``part_env``). Runs are checked by the
+Jepsen-style ``history.History`` checker and the side-effect ledger of ``tasks.record``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers import ReadyProcess, children_of, pid_alive, wait_for
+from history import FINAL, History, read_ledger
+
+from broker.client import Client
+from broker.errors import JobCancelled, JobFailed
+
+H = 0.1  # part_env's JOBCAST_HEARTBEAT_S
+L = 3  # broker.liveness.HEARTBEAT_LIVENESS
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().split(") ", 1)[1].split()[1])
+
+
+def slot_tree(pool_pid: int) -> dict[int, list[int]]:
+    """The pool's live agent processes and each one's live runner children."""
+    pids = [pid for pid in children_of(pool_pid) if pid_alive(pid)]
+    tree: dict[int, list[int]] = {}
+    for pid in pids:
+        try:
+            parent = parent_of(pid)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if parent == pool_pid:
+            tree.setdefault(pid, [])
+    for pid in pids:
+        try:
+            parent = parent_of(pid)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if parent in tree:
+            tree[parent].append(pid)
+    return tree
+
+
+def final_views(client: Client, ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Each job's status once all of them are final (fails after ``timeout_s``)."""
+    views: dict[str, dict[str, Any]] = {}
+
+    def all_final() -> bool:
+        for job_id in ids:
+            if views.get(job_id, {}).get("state") not in FINAL:
+                views[job_id] = client.status(job_id)
+        return all(views[job_id]["state"] in FINAL for job_id in ids)
+
+    wait_for(all_final, timeout_s=timeout_s, interval_s=0.1)
+    return views
+
+
+class Watchers:
+    """Threads that follow jobs with ``client.events()`` and record each stream."""
+
+    def __init__(self, base_url: str, history: History) -> None:
+        self.base_url = base_url
+        self.history = history
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.streams: dict[str, list[dict[str, Any]]] = {}
+
+    def follow(self, job_ids: list[str]) -> None:
+        """Start one thread that watches ``job_ids`` one after the other."""
+        thread = threading.Thread(target=self._run, args=(job_ids,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _run(self, job_ids: list[str]) -> None:
+        try:
+            with Client(self.base_url, timeout_s=30) as client:
+                for job_id in job_ids:
+                    events = self.streams.setdefault(job_id, [])
+                    events.extend(client.events(job_id))
+                    self.history.watched(job_id, events)
+        except BaseException as exc:  # reported by join(), not lost in a thread
+            self.errors.append(exc)
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self.threads), "a watcher never saw its job end"
+        if self.errors:
+            raise self.errors[0]
+
+
+def moment(event: dict[str, Any]) -> float:
+    """When an event happened: its stamp, or for a snapshot its state's start or end."""
+    if "ts" in event:
+        return float(event["ts"])
+    return float(event["finished_at"] if event["state"] in FINAL else event["started_at"])
+
+
+def collapse(states: list[str]) -> list[str]:
+    """States with consecutive repeats removed."""
+    return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
+
+
+@pytest.fixture
+def ledger(tmpdir_short: str) -> str:
+    return os.path.join(tmpdir_short, "ledger")
+
+
+@pytest.fixture
+def history() -> History:
+    return History()
+
+
+@pytest.fixture
+def watchers(base_url: str, history: History) -> Iterator[Watchers]:
+    found = Watchers(base_url, history)
+    yield found
+    for thread in found.threads:
+        thread.join(timeout=5)
+
+
+# --- W1-W8: worker faults ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_w1_sigkill_chaos_every_job_done_exactly_once(
+    client: Client, start_workers: Callable[..., ReadyProcess], base_url: str, ledger: str,
+    history: History, watchers: Watchers,
+) -> None:  # fmt: skip
+    pool = start_workers(4)
+    wait_for(lambda: client.stats()["workers"] == 4, timeout_s=10)
+    for i in range(200):
+        job = client.submit("record", {"path": ledger, "i": i, "seconds": 0.05})
+        history.acknowledged(job.view, str(i))
+    ids = list(history.acked)
+    for k in range(4):
+        watchers.follow(ids[120 + 20 * k : 125 + 20 * k])  # joined while queued
+    rng = random.Random(1)
+    killed: set[int] = set()
+    kills = 0
+    chaos_until = time.monotonic() + 2.5
+    while time.monotonic() < chaos_until:
+        tree = slot_tree(pool.pid)
+        agent = rng.choice(sorted(tree)) if tree else None
+        if agent is not None:
+            victims = [agent, *tree[agent]] if rng.random() < 0.4 else tree[agent][:1]
+            for pid in victims:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            kills += bool(victims)
+        time.sleep(0.3)  # the chaos period, not a synchronisation
+    last_kill = time.monotonic()
+    wait_for(lambda: len(slot_tree(pool.pid)) == 4 and client.stats()["workers"] == 4, timeout_s=10)
+    back_s = time.monotonic() - last_kill
+    finals = final_views(client, ids, timeout_s=60)
+    watchers.join(timeout_s=20)
+    problems = history.check(finals, read_ledger(ledger), exactly_once=True, killed=killed)
+    assert problems == [], problems[:10]
+    assert {view["state"] for view in finals.values()} == {"done"}
+    assert kills >= 6
+    assert any(view["attempts"] > 1 for view in finals.values()), "the chaos hit no job"
+    assert back_s < 2.0, f"the pool took {back_s:.2f} s to be back to 4 workers"
+    assert pool.proc.poll() is None
+
+
+def test_w2_killed_slot_is_requeued_within_l_h_plus_h_and_watchers_see_it(
+    client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, history: History,
+    watchers: Watchers,
+) -> None:  # fmt: skip
+    start_workers(1)
+    start_workers(1)
+    job = client.submit("record", {"path": ledger, "seconds": 2.0, "steps": 40})
+    history.acknowledged(job.view, "w2")
+    watchers.follow([job.id])
+    wait_for(lambda: any(e.get("done", 0) >= 10 for e in watchers.streams.get(job.id, [])), timeout_s=10)
+    child = read_ledger(ledger)[0].pid
+    agent = parent_of(child)
+    killed_at = time.time()
+    os.kill(agent, signal.SIGKILL)
+    os.kill(child, signal.SIGKILL)
+    result = job.result(timeout=20)
+    watchers.join(timeout_s=10)
+    events = watchers.streams[job.id]
+    states = collapse([e["state"] for e in events])
+    assert states[states.index("running") :] == ["running", "queued", "running", "done"], states
+    requeued = next(e for e in events if e["state"] == "queued" and e.get("ts", 0) >= killed_at - 0.01)
+    latency_s = requeued["ts"] - killed_at
+    assert latency_s <= L * H + H + 0.05, f"re-queued {latency_s:.3f} s after the kill"
+    rerun = events[events.index(requeued) + 1]
+    assert (requeued["attempts"], rerun["state"], rerun["attempts"]) == (1, "running", 2)
+    assert result["attempt"] == 2 and result["pid"] != child
+    finals = {job.id: client.status(job.id)}
+    assert history.check(finals, read_ledger(ledger), gapless=True) == []
+
+
+def test_w3_zombie_slot_result_is_fenced_off(
+    client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, history: History,
+    watchers: Watchers,
+) -> None:  # fmt: skip
+    start_workers(2)
+    wait_for(lambda: client.stats()["idle_workers"] == 2, timeout_s=10)
+    job = client.submit("record", {"path": ledger, "seconds": 1.0, "steps": 20})
+    history.acknowledged(job.view, "w3")
+    watchers.follow([job.id])
+    zombie_child = wait_for(lambda: read_ledger(ledger), timeout_s=10)[0].pid
+    zombie_agent = parent_of(zombie_child)
+    stale_before = client.stats()["stale_messages"]
+    stopped_at = time.monotonic()
+    for pid in (zombie_agent, zombie_child):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: client.status(job.id)["attempts"] == 2, timeout_s=5)
+        time.sleep(max(0.0, stopped_at + 5 * H - time.monotonic()))  # the pause is the fault
+    finally:
+        for pid in (zombie_agent, zombie_child):
+            os.kill(pid, signal.SIGCONT)
+    result = job.result(timeout=20)
+    wait_for(lambda: any(e.phase == "end" and e.attempt == 1 for e in read_ledger(ledger)), timeout_s=10)
+    wait_for(lambda: client.stats()["stale_messages"] > stale_before, timeout_s=10)
+    status = client.status(job.id)
+    assert (status["state"], status["attempts"]) == ("done", 2)
+    assert result == status["result"]
+    assert result["attempt"] == 2 and result["pid"] != zombie_child
+    ends = [e for e in read_ledger(ledger) if e.phase == "end"]
+    assert [e.attempt for e in ends if e.pid != zombie_child] == [2]
+    watchers.join(timeout_s=10)
+    assert history.check({job.id: status}, read_ledger(ledger), exactly_once=True,
+                         killed={zombie_child}) == []  # fmt: skip
+    assert client.submit("echo", {"after": "zombie"}).result(timeout=10) == {"after": "zombie"}
+
+
+def test_w4_poison_pill_fails_after_exactly_3_attempts_while_50_jobs_run(
+    client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, history: History,
+) -> None:  # fmt: skip
+    pool = start_workers(4)
+    wait_for(lambda: client.stats()["workers"] == 4, timeout_s=10)
+    agents = set(slot_tree(pool.pid))
+    pill = client.submit("crash", {"how": "sigkill"}, max_attempts=3)
+    for i in range(50):
+        history.acknowledged(client.submit("record", {"path": ledger, "i": i, "seconds": 0.02}).view, str(i))
+    with pytest.raises(JobFailed) as caught:
+        pill.result(timeout=30)
+    error = caught.value.error
+    assert error["type"] == "WorkerLost"
+    assert "killed by SIGKILL" in error["message"] and "attempt 3 of 3" in error["message"]
+    assert client.status(pill.id)["attempts"] == 3
+    finals = final_views(client, list(history.acked), timeout_s=30)
+    assert history.check(finals, read_ledger(ledger), exactly_once=True) == []
+    assert {view["state"] for view in finals.values()} == {"done"}
+    assert set(slot_tree(pool.pid)) == agents, "only runner children died, no agent"
+    assert client.stats()["workers"] == 4
+
+
+def test_w5_gil_holding_task_keeps_its_slot_alive(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
+    start_workers(1)
+    job = client.submit("gil_hog", {"n": 25})
+    assert job.result(timeout=30) == 0
+    status, stats = client.status(job.id), client.stats()
+    held_s = status["finished_at"] - status["started_at"]
+    assert held_s > 2 * L * H, f"the GIL was held {held_s:.2f} s only: calibrate n"
+    assert status["attempts"] == 1
+    assert (stats["workers_lost"], stats["retried"]) == (0, 0)
+
+
+def test_w6_timeout_kills_each_attempt_within_timeout_plus_grace(
+    client: Client, start_workers: Callable[..., ReadyProcess], ledger: str
+) -> None:
+    start_workers(1)
+    args = {"path": ledger, "seconds": 30.0, "steps": 600}  # progress every 50 ms: pushed events
+    job = client.submit("record", args, timeout=1, max_attempts=2)
+    events = list(job.events())
+    with pytest.raises(JobFailed) as caught:
+        job.result(timeout=10)
+    assert caught.value.error["type"] == "Timeout"
+    assert "exceeded timeout of 1 s" in caught.value.error["message"]
+    assert client.status(job.id)["attempts"] == 2
+    for attempt, how in ((1, "queued"), (2, "failed")):
+        start = next(e for e in events if e["state"] == "running" and e["attempts"] == attempt)
+        end = next(e for e in events if e["state"] == how and e["attempts"] == attempt)
+        assert 1.0 <= moment(end) - moment(start) <= 3.0, (start, end)
+    assert [(e.attempt, e.phase) for e in read_ledger(ledger)] == [(1, "start"), (2, "start")]
+    assert client.submit("echo", {"next": 1}).result(timeout=10) == {"next": 1}
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["cooperative", "swallows-JobCancelled"])
+def test_w7_cancel_running_job_never_ends_done(
+    client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, stubborn: bool
+) -> None:
+    pool = start_workers(1)
+    if stubborn:
+        job = client.submit("stubborn", {"path": ledger})
+    else:
+        job = client.submit("record", {"path": ledger, "seconds": 30.0, "steps": 600})
+    child = wait_for(lambda: read_ledger(ledger), timeout_s=10)[0].pid
+    wait_for(lambda: client.status(job.id)["done"] >= 1, timeout_s=5)
+    cancelled_at = time.monotonic()
+    assert client.cancel(job.id)["state"] == "cancelled"
+    wait_for(lambda: client.stats()["idle_workers"] == 1, timeout_s=5)  # the slot reported back
+    freed_s = time.monotonic() - cancelled_at
+    with pytest.raises(JobCancelled):
+        job.result(timeout=5)
+    assert client.status(job.id)["state"] == "cancelled"
+    phases = [e.phase for e in read_ledger(ledger)]
+    if stubborn:
+        assert phases == ["start", "swallowed"]
+        assert 1.9 <= freed_s <= 3.5, f"killed {freed_s:.2f} s after the cancel (grace 2 s)"
+        assert not pid_alive(child)
+    else:
+        assert phases == ["start"]
+        assert freed_s < 1.0
+        assert child in slot_tree(pool.pid)[parent_of(child)], "cooperative: the runner is kept"
+    assert client.submit("echo", {"after": "cancel"}).result(timeout=10) == {"after": "cancel"}
+    assert "end" not in [e.phase for e in read_ledger(ledger)]
+
+
+def test_w8_workers_rejoin_a_restarted_broker_by_themselves(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
+) -> None:
+    from broker.liveness import RECONNECT_MAX_S
+
+    first = start_broker()
+    pool = start_workers(2)
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
+    before = slot_tree(pool.pid)
+    first.signal(signal.SIGKILL)
+    first.wait(timeout_s=10)
+    time.sleep(2.0)  # the outage is the fault
+    start_broker()
+    back = time.monotonic()
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["workers"] == 2, timeout_s=RECONNECT_MAX_S + 2)
+        rejoin_s = time.monotonic() - back
+        assert client.map("echo", [{"i": i} for i in range(8)], timeout=20) == [{"i": i} for i in range(8)]
+    assert rejoin_s <= RECONNECT_MAX_S + 1
+    assert slot_tree(pool.pid) == before, "no agent or runner process was restarted"
