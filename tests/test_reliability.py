@@ -350,3 +350,34 @@ def test_w8_workers_rejoin_a_restarted_broker_by_themselves(
         assert client.map("echo", [{"i": i} for i in range(8)], timeout=20) == [{"i": i} for i in range(8)]
     assert rejoin_s <= RECONNECT_MAX_S + 1
     assert slot_tree(pool.pid) == before, "no agent or runner process was restarted"
+
+
+# --- B1-B7: broker and storage faults ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("before_end_s", [0.1, 0.7], ids=["dealer-still-open", "after-reconnect"])
+def test_b2_result_finished_while_the_broker_is_down_is_taken_once(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    base_url: str, ledger: str, before_end_s: float,
+) -> None:  # fmt: skip
+    """The broker dies ``before_end_s`` before the job ends: within the agent's L·H (the
+    result goes to a DEALER whose peer is gone) or well before it (the result waits in the
+    agent's outbox for the next connection)."""
+    first = start_broker()
+    start_workers(1)
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["workers"] == 1, timeout_s=10)
+        job = client.submit("record", {"path": ledger, "seconds": 1.0, "steps": 10})
+    wait_for(lambda: read_ledger(ledger), timeout_s=10)
+    time.sleep(1.0 - before_end_s)  # places the fault in the job's run, not a synchronisation
+    first.signal(signal.SIGKILL)
+    first.wait(timeout_s=10)
+    wait_for(lambda: len(read_ledger(ledger)) == 2, timeout_s=10)  # it ended while down
+    time.sleep(0.5)  # the outage goes on after the result: the agent has noticed
+    start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        status = final_views(client, [job.id], timeout_s=20)[job.id]
+    lines = read_ledger(ledger)
+    assert [(e.attempt, e.phase) for e in lines] == [(1, "start"), (1, "end")], "re-run"
+    assert (status["state"], status["attempts"]) == ("done", 1)
+    assert status["result"]["pid"] == lines[0].pid

@@ -3,11 +3,19 @@
 ``Ready`` goes out on every (re)connect. Any message from the broker proves it alive;
 after ``liveness`` silent intervals, or a ``Bye``, the DEALER is closed and re-created
 after ``Backoff.next_delay_s()``. Results produced while disconnected wait in an outbox
-and follow the next ``Ready``.
+and follow the next ``Ready``, which then says ``busy`` so that the broker takes the
+result before it hands the slot other work.
+
+A result sent on a DEALER whose broker has died sits in the socket's queue, and closing
+the socket drops it. So a result stays *unconfirmed* until the broker shows it knows this
+connection (anything but ``Bye`` or ``Error`` arrives after it); unconfirmed results go
+back to the outbox on disconnect. A result delivered twice is harmless: the broker fences
+outcomes by holder and attempt and drops the copy as stale.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -17,7 +25,7 @@ import zmq
 from broker.addresses import endpoints
 from broker.errors import ProtocolError
 from broker.liveness import Backoff, Liveness, heartbeat_interval_s
-from broker.protocol import Done, Failed, Heartbeat, Message, Ready, decode, encode
+from broker.protocol import Bye, Done, Error, Failed, Heartbeat, Message, Ready, decode, encode
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class BrokerConnection:
         self.heard = False  # since the last connect
         self.ever_heard = False
         self.outbox: list[Done | Failed] = []
+        self.unconfirmed: list[Done | Failed] = []  # sent, not yet followed by proof of life
 
     def connect(self, now: float) -> None:
         """Create the DEALER, send ``Ready``, then whatever results wait in the outbox."""
@@ -50,7 +59,10 @@ class BrokerConnection:
         self.poller.register(dealer, zmq.POLLIN)
         self.dealer, self.reconnect_at, self.heard = dealer, None, False
         self.liveness.on_message(now)  # give the broker a full liveness period to answer
-        self.send(self.ready(), now)
+        ready = self.ready()
+        if self.outbox and not ready.busy:
+            ready = dataclasses.replace(ready, busy=True)  # a result follows: not idle yet
+        self.send(ready, now)
         pending, self.outbox = self.outbox, []
         for msg in pending:
             self.send(msg, now)
@@ -63,6 +75,7 @@ class BrokerConnection:
         self.poller.unregister(self.dealer)
         self.dealer.close(linger=0)  # whatever is queued is for a broker that is gone
         self.dealer = None
+        self.outbox[:0], self.unconfirmed = self.unconfirmed, []  # resent after the next Ready
         delay_s = self.backoff.next_delay_s()
         self.reconnect_at = now + delay_s
         logger.warning("%s; reconnecting in %.2f s", reason, delay_s)
@@ -77,6 +90,8 @@ class BrokerConnection:
             self.dealer.send_multipart(encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             logger.warning("broker not reachable; dropped %s", type(msg).__name__)
+        if isinstance(msg, Done | Failed):
+            self.unconfirmed.append(msg)
         self.liveness.on_sent(now)
 
     def receive(self, now: float) -> list[Message]:
@@ -91,9 +106,13 @@ class BrokerConnection:
                 break
             self._heard(now)
             try:
-                messages.append(decode(frames))
+                msg = decode(frames)
             except ProtocolError as exc:
                 logger.warning("dropped a bad message from the broker: %s", exc)
+                continue
+            if not isinstance(msg, Bye | Error):
+                self.unconfirmed.clear()  # the broker knows this connection: results got there
+            messages.append(msg)
         return messages
 
     def _heard(self, now: float) -> None:
