@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import zmq
 from helpers import ReadyProcess, children_of, pid_alive, wait_for
 from history import FINAL, History, read_ledger
 
@@ -381,3 +382,152 @@ def test_b2_result_finished_while_the_broker_is_down_is_taken_once(
     assert [(e.attempt, e.phase) for e in lines] == [(1, "start"), (1, "end")], "re-run"
     assert (status["state"], status["attempts"]) == ("done", 1)
     assert status["result"]["pid"] == lines[0].pid
+
+
+@pytest.mark.timeout(90)
+def test_b1_broker_sigkill_under_load_loses_and_duplicates_nothing(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    base_url: str, ledger: str, history: History,
+) -> None:  # fmt: skip
+    broker = start_broker()
+    start_workers(4)
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["workers"] == 4, timeout_s=10)
+        for i in range(200):
+            job = client.submit("record", {"path": ledger, "i": i, "seconds": 0.03})
+            history.acknowledged(job.view, str(i))
+    rng = random.Random(2)
+    outage_errors: list[BaseException] = []
+
+    def submit_during_outage(first_i: int) -> None:
+        try:
+            with Client(base_url, timeout_s=3) as late:  # Lazy Pirate bound: never a hang
+                for i in range(first_i, first_i + 3):
+                    try:
+                        view = late.submit("record", {"path": ledger, "i": i, "seconds": 0.03}).view
+                        history.acknowledged(view, str(i))
+                    except TimeoutError:
+                        history.unanswered(str(i))
+        except BaseException as exc:
+            outage_errors.append(exc)
+
+    for crash in range(2):
+        time.sleep(rng.uniform(0.3, 0.8))  # a random moment under load
+        if crash == 0:
+            assert sum(e.phase == "end" for e in read_ledger(ledger)) < 150, "crash under load"
+        broker.signal(signal.SIGKILL)
+        broker.wait(timeout_s=10)
+        submitter = threading.Thread(target=submit_during_outage, args=(1000 + 10 * crash,))
+        submitter.start()
+        broker = start_broker()
+        submitter.join(timeout=15)
+        assert not submitter.is_alive() and not outage_errors, outage_errors
+    with Client(base_url, timeout_s=10) as client:
+        finals = final_views(client, list(history.acked), timeout_s=60)
+        stats = client.stats()
+    problems = history.check(finals, read_ledger(ledger))
+    assert problems == [], problems[:10]
+    assert {view["state"] for view in finals.values()} == {"done"}
+    assert stats["epoch"] == 3 and (stats["queued"], stats["running"]) == (0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_b3_every_acknowledged_submit_survives_an_immediate_kill(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
+) -> None:
+    broker = start_broker()
+    ids = []
+    with Client(base_url, timeout_s=10) as client:
+        for trial in range(20):
+            ids.append(client.submit("echo", {"trial": trial}).id)
+            broker.signal(signal.SIGKILL)
+            broker.wait(timeout_s=10)
+            broker = start_broker()
+        start_workers(2)
+        finals = final_views(client, ids, timeout_s=30)
+    assert [finals[job_id].get("result") for job_id in ids] == [{"trial": t} for t in range(20)]
+
+
+def _damage(path: str, how: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as db:
+        if how == "truncate":
+            db.truncate(size // 2)
+            return
+        offset, length = (0, 16) if how == "flip-header" else (size - 4096 + 1024, 1024)
+        db.seek(offset)
+        data = bytes(b ^ 0xFF for b in db.read(length))
+        db.seek(offset)
+        db.write(data)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip-header", "flip-records"])
+def test_b5_corrupted_journal_is_refused_naming_the_file(
+    start_broker: Callable[..., ReadyProcess], base_url: str, tmpdir_short: str,
+    part_env: dict[str, str], how: str,
+) -> None:  # fmt: skip
+    import subprocess
+
+    from helpers import jobcast
+
+    broker = start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        for i in range(60):  # no workers: all stay queued, several pages of journal
+            client.submit("echo", {"i": i, "pad": "x" * 300})
+    broker.signal(signal.SIGTERM)
+    assert broker.wait(timeout_s=10) == 0
+    data = os.path.join(tmpdir_short, "data")
+    journal = os.path.join(data, "journal.sqlite3")
+    assert not os.path.exists(journal + "-wal") or os.path.getsize(journal + "-wal") == 0
+    _damage(journal, how)
+    proc = subprocess.run(jobcast("broker", "--broker", base_url, "--data", data),
+                          env={**os.environ, **part_env}, capture_output=True, text=True,
+                          timeout=20)  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert " ready" not in proc.stdout
+    assert journal in proc.stderr, proc.stderr
+
+
+# --- P4: progress pipeline ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_p4_watchers_joining_at_random_moments_see_no_gap_and_the_end(
+    client: Client, start_workers: Callable[..., ReadyProcess], base_url: str, history: History,
+) -> None:  # fmt: skip
+    start_workers(4)
+    wait_for(lambda: client.stats()["idle_workers"] == 4, timeout_s=10)
+    rng = random.Random(4)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    errors: list[BaseException] = []
+    jobs = []
+    for k in range(50):  # 200 ms jobs, 4 at a time: job k runs from about (k // 4) * 0.2 s
+        job = client.submit("slow", {"seconds": 0.2 + k / 10_000, "steps": 8})
+        history.acknowledged(job.view, str(k))
+        jobs.append(job.id)
+    started = time.monotonic()
+
+    def trial(k: int, join_at: float) -> None:
+        try:
+            time.sleep(max(0.0, started + join_at - time.monotonic()))  # the random join moment
+            with Client(base_url, timeout_s=10, context=context) as watcher:
+                history.watched(jobs[k], list(watcher.events(jobs[k])))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=trial, args=(k, (k // 4) * 0.2 + rng.uniform(-0.05, 0.25)), daemon=True)
+        for k in range(50)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(t.is_alive() for t in threads) and not errors, errors[:3]
+    finally:
+        context.term()
+    finals = final_views(client, jobs, timeout_s=30)
+    assert history.check(finals, [], gapless=True) == []
+    joined_running = sum(events[0]["state"] == "running" for _, events in history.streams)
+    assert len(history.streams) == 50 and joined_running >= 10, joined_running
