@@ -598,3 +598,27 @@ def test_b7_a_job_finished_during_the_stop_of_up_is_not_run_again(
     rerun = [(e.job_id, e.attempt) for e in read_ledger(ledger)
              if e.phase == "start" and (e.job_id, e.attempt - 1) in ended]  # fmt: skip
     assert rerun == [], "a job that finished during the stop ran again after the restart"
+
+
+# --- the checker itself ---------------------------------------------------------------------
+
+
+def test_history_checker_flags_each_violation() -> None:
+    from history import Entry
+
+    history = History()
+    done = {"state": "done", "attempts": 2, "max_attempts": 1, "result": {"id": "a", "attempt": 1, "pid": 7}}
+    history.acknowledged({"id": "a"}, "1")
+    history.acknowledged({"id": "a"}, "2")  # two distinct submits answered with one id
+    history.acknowledged({"id": "b"}, "3")
+    history.unanswered("9")
+    history.watched("a", [{"seq": 2, "state": "running"}, {"seq": 2, "state": "done"}])
+    history.watched("a", [{"seq": 1, "state": "queued"}, {"seq": 3, "state": "done"}])
+    ledger = [Entry("a", 1, 7, "start"), Entry("a", 1, 7, "end"), Entry("a", 2, 8, "start"),
+              Entry("z", 1, 9, "start", "5"), Entry("y", 1, 9, "start", "9")]  # fmt: skip
+    problems = history.check({"a": done, "b": {"state": "running"}}, ledger, exactly_once=True,
+                             gapless=True)  # fmt: skip
+    kinds = sorted({problem.split(":")[0] for problem in problems})
+    assert kinds == ["attempts", "duplicated", "gap", "lost", "once", "seq", "unexpected"], problems
+    assert not any("'9'" in problem for problem in problems), "indeterminate submits may run"
+    assert History().check({}, []) == []
