@@ -114,10 +114,17 @@ def _start_all(args: argparse.Namespace, parts: list[Part]) -> str:
 
 
 def _stop_all(parts: list[Part]) -> None:
-    for part in reversed(parts):  # workers first, so their jobs are handed back in time
+    # workers first, and wait for them: their last results must reach a broker still running
+    workers, others = parts[2:], list(reversed(parts[:2]))
+    _stop(workers, STOP_GRACE_S)
+    _stop(others, STOP_GRACE_S)
+
+
+def _stop(parts: list[Part], grace_s: float) -> None:
+    for part in parts:
         if part.proc.poll() is None:
             part.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     for part in parts:
         try:
             part.proc.wait(timeout=max(0.1, deadline - time.monotonic()))

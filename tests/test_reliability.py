@@ -582,10 +582,6 @@ def test_b7_graceful_stop_of_up_while_jobs_run_loses_nothing(
     assert {view["state"] for view in finals.values()} == {"done"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "broker/supervisor.py _stop_all signals workers, web and broker at once: the broker "
-    "exits while the pool's warm stop finishes its jobs, their Done goes nowhere, the "
-    "journal still says running, and the next `up` runs the finished job again"))  # fmt: skip
 @pytest.mark.timeout(90)
 def test_b7_a_job_finished_during_the_stop_of_up_is_not_run_again(
     base_url: str, tmpdir_short: str, part_env: dict[str, str], processes: list[ReadyProcess],
