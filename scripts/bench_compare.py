@@ -194,7 +194,7 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
     print("\njobcast / anchor, same run (median of each):")
     print(f"  {'figure':<32} {'jobcast':>12}  {'anchor':<44} {'anchor fig':>12} {'ratio':>7}")
     for r in rows:
-        digits = 2 if r["theirs"] < 100 else 0
+        digits = 2 if min(r["theirs"], r["jobcast"]) < 100 else 0
         print(f"  {r['what']:<32} {fmt(r['jobcast'], digits):>12}  {r['anchor']:<44} "
               f"{fmt(r['theirs'], digits):>12} {r['ratio']:>6.2f}x  ({r['sense']})")
     sys.stdout.flush()

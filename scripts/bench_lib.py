@@ -75,7 +75,7 @@ class Procs:
             if exc_type is not None and proc.poll() is not None and proc.returncode:
                 proc.stderr_file.seek(0)  # type: ignore[attr-defined]
                 tail = proc.stderr_file.read()[-2000:].decode(errors="replace")  # type: ignore[attr-defined]
-                print(f"  [{proc.args[2] if len(proc.args) > 2 else proc.args}] exited "
+                print(f"  [{proc.args!r}] exited "
                       f"{proc.returncode}: {tail}", file=sys.stderr)
             self.stop(proc)
         self.started.clear()
@@ -88,10 +88,10 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
-        raise TimeoutError(f"{proc.args} printed nothing in {timeout:.0f}s")
+        raise TimeoutError(f"{proc.args!r} printed nothing in {timeout:.0f}s")
     line = proc.stdout.readline()
     if not line:
-        raise RuntimeError(f"{proc.args} exited ({proc.poll()}) early")
+        raise RuntimeError(f"{proc.args!r} exited ({proc.poll()}) early")
     return line
 
 

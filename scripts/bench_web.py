@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -203,7 +205,7 @@ def cached_report(seconds: float, conns: int = 64) -> dict[str, Any]:
         status, location, _ = _get(url)
         if status == 303:
             job_id = location.split("/jobs/")[1].split("?")[0]
-            client.result(urllib.request.unquote(job_id), timeout=60)
+            client.result(urllib.parse.unquote(job_id), timeout=60)
             status, location, body = _get(url)
         else:
             body = _

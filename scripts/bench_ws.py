@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import resource
-import sys
 import time
 from typing import Any
 
@@ -84,7 +83,7 @@ async def connect_all(watchers: list[Watcher], concurrency: int) -> int:
         async with gate:
             try:
                 await w.open()
-            except (OSError, asyncio.TimeoutError, ConnectionClosed):
+            except (TimeoutError, OSError, ConnectionClosed):
                 failed += 1
                 w.ws = None
 
