@@ -8,7 +8,6 @@ the real address (``jobcast web ready http://127.0.0.1:PORT``), then hands the s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"jobcast web ready {settings.own_url}\n")
     sys.stdout.flush()
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        server.run(sockets=[sock])  # uvicorn's own loop factory: uvloop where installed
     except KeyboardInterrupt:
         return 130
     finally:
