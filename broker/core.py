@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 MAX_JOBS_IN_MEMORY: Final = 10_000  # finished jobs kept for fast status; older ones on disk
 MAX_ERROR_TEXT: Final = 8192
 SEQ_EPOCH_SHIFT: Final = 32
+DEFAULT_MAX_LIVE_JOBS: Final = 250_000  # queued + running; past it submits get queue_full
 COUNTERS: Final = (
     "submitted", "coalesced", "cache_hits", "done", "failed", "cancelled", "retried",
     "workers_lost", "invalid_messages", "stale_messages",
@@ -56,8 +57,10 @@ class BrokerProtocol:
         heartbeat_s: float,
         wall_offset_s: float = 0.0,
         new_id: Any = None,
+        max_live_jobs: int = DEFAULT_MAX_LIVE_JOBS,
     ) -> None:
         self.results = results
+        self.max_live_jobs = max_live_jobs
         self.epoch = epoch
         self.heartbeat_s = heartbeat_s
         self.wall_offset_s = wall_offset_s
@@ -220,6 +223,10 @@ class BrokerProtocol:
         running_id = self.by_key.get(sub.cache_key)
         if running_id is not None:
             self._join(peer, msg.req, self.jobs[running_id])
+            return
+        if len(self.by_key) >= self.max_live_jobs:  # by_key holds every queued or running job
+            message = f"the queue is full ({self.max_live_jobs} jobs queued or running); retry later"
+            self.out.to_client(peer, p.Error(req=msg.req, code="queue_full", message=message))
             return
         self._create(peer, msg.req, sub, now)
 

@@ -9,7 +9,8 @@ Hierarchy::
      ├── UnknownTask        no worker offers the task
      ├── UnknownJob         no such job id (never existed, or past its retention)
      ├── BrokerError        the broker refused a request (its error code and message)
-     │    └── StorageFull   the data dir cannot take more writes: submits are refused
+     │    ├── StorageFull   the data dir cannot take more writes: submits are refused
+     │    └── QueueFull     the broker holds its maximum of live jobs: retry later
      ├── UnsafeStoredData   a stored row that would need unpickling, or a bad data dir
      ├── JobFailed          the job ended ``failed``; carries the error record
      └── JobCancelled       the job ended ``cancelled``
@@ -63,6 +64,13 @@ class StorageFull(BrokerError):
         super().__init__("storage_full", message)
 
 
+class QueueFull(BrokerError):
+    """The broker holds as many queued and running jobs as it allows; retry later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("queue_full", message)
+
+
 class UnsafeStoredData(JobcastError):
     """Stored data jobcast refuses to read (a pickled row) or a data dir it refuses to use."""
 
@@ -97,5 +105,7 @@ def error_for_code(code: str, message: str) -> JobcastError:
             return BadArguments(message)
         case "storage_full":
             return StorageFull(message)
+        case "queue_full":
+            return QueueFull(message)
         case _:
             return BrokerError(code, message)

@@ -790,3 +790,15 @@ def test_events_nobody_subscribed_to_are_not_published_but_seq_still_counts() ->
     assert bare.subscriptions.wanted(topic)
     bare.receive_subscription(job.id[:5].encode(), 4.0, subscribed=False)
     assert not bare.subscriptions.wanted(topic)
+
+
+def test_a_full_queue_refuses_new_jobs_but_still_coalesces() -> None:
+    capped = BrokerProtocol(FakeResults(), epoch=1, heartbeat_s=1.0, max_live_jobs=2)
+    for req in (1, 2):
+        capped.receive_client(C1, p.encode(p.Submit(req=req, task="echo", args=b'{"n":%d}' % req)), 0.0)
+    capped.effects_to_apply()
+    capped.receive_client(C1, p.encode(p.Submit(req=3, task="echo", args=b'{"n":3}')), 0.0)
+    assert_sent(capped.effects_to_apply(), C1, p.Error, req=3, code="queue_full")
+    capped.receive_client(C2, p.encode(p.Submit(req=4, task="echo", args=b'{"n":1}')), 0.0)
+    assert_sent(capped.effects_to_apply(), C2, p.Snapshot, req=4)  # joins the running one
+    assert capped.stats()["submitted"] == 2

@@ -15,6 +15,7 @@ from broker.errors import (
     BrokerError,
     PayloadTooLarge,
     ProtocolError,
+    QueueFull,
     StorageFull,
     UnknownJob,
     UnknownTask,
@@ -50,11 +51,16 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return error_response(400, str(exc))
 
 
-def _status_handler(status: int, fixed_message: str | None = None) -> ExceptionHandler:
+def _status_handler(
+    status: int, fixed_message: str | None = None, retry_after_s: int | None = None
+) -> ExceptionHandler:
     async def handle(request: Request, exc: Exception) -> Response:
         if status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, exc)
-        return error_response(status, fixed_message or str(exc))
+        response = error_response(status, fixed_message or str(exc))
+        if retry_after_s is not None:
+            response.headers["Retry-After"] = str(retry_after_s)
+        return response
 
     return handle
 
@@ -74,7 +80,8 @@ def exception_handlers() -> dict[int | type[Exception], ExceptionHandler]:
         BadArguments: _status_handler(400),
         UnknownTask: _status_handler(400),
         ProtocolError: _status_handler(502),
-        StorageFull: _status_handler(503),
+        StorageFull: _status_handler(503, retry_after_s=5),
+        QueueFull: _status_handler(503, retry_after_s=5),
         BrokerError: _status_handler(502),
         TimeoutError: _status_handler(503, "the broker did not answer in time"),
         Exception: _unexpected,
