@@ -6,7 +6,6 @@ import os
 from collections.abc import Callable
 
 import httpx
-
 from helpers import PYTHON, ReadyProcess, wait_for
 
 
