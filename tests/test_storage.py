@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
+from helpers import ReadyProcess, jobcast, wait_for
 
 from broker.client import Client
 from broker.errors import StorageFull, UnknownJob
-from helpers import ReadyProcess, jobcast, wait_for
 
 
 def test_low_free_space_pauses_submits_but_not_reads(
