@@ -16,9 +16,11 @@ from broker.addresses import broker_url, endpoints
 from broker.errors import ProtocolError
 from broker.jobs import FINAL_STATES
 from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.security import ClientKeys, client_keys, configure_client
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0
+WAIT_RECHECK_S: Final = 2.0
 
 
 class AsyncJob:
@@ -51,16 +53,19 @@ class AsyncClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         context: zmq.asyncio.Context | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.base_url = broker_url(broker)
         self.endpoints = endpoints(self.base_url)
         self.timeout_s = timeout_s
+        self.curve = curve or client_keys()  # CURVE keys given, else from the environment
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
+        configure_client(self.socket, self.curve)
         self.socket.connect(self.endpoints.clients)
         self._reqs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[p.Message]] = {}
@@ -114,14 +119,32 @@ class AsyncClient:
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
-        reply = await self._call(p.Wait(req=next(self._reqs), id=job_id), timeout or 1e9)
-        return final_result(job_view(reply))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or 1e9)
+        wait = p.Wait(req=next(self._reqs), id=job_id)
+        future = self._expect(wait.req)
+        try:
+            await self.socket.send_multipart(p.encode(wait))
+            while True:  # a restarted broker forgets waiters: re-check, then repeat the WAIT
+                slice_s = min(WAIT_RECHECK_S, deadline - loop.time())
+                if slice_s <= 0:
+                    raise TimeoutError(f"job {job_id} did not end in time")
+                done, _ = await asyncio.wait({future}, timeout=slice_s)
+                if done:
+                    return final_result(job_view(future.result()))
+                view = await self.status(job_id)
+                if view["state"] in FINAL_STATES:
+                    return final_result(view)
+                await self.socket.send_multipart(p.encode(wait))  # same req: the broker dedupes
+        finally:
+            self._pending.pop(wait.req, None)
 
     async def events(self, job_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Pushed events of one job (Clone join), ending with its final state."""
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, job_id.encode())
+        configure_client(sub, self.curve)
         sub.connect(self.endpoints.events_out)
         try:
             follower = EventFollower(after)
@@ -138,11 +161,17 @@ class AsyncClient:
         finally:
             sub.close()
 
-    async def _call(self, msg: Any, timeout_s: float | None = None) -> p.Message:
+    def _expect(self, req: int) -> asyncio.Future[p.Message]:
+        """A future for the reply to ``req`` (starting the reply reader if needed)."""
+        loop = asyncio.get_running_loop()
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read_replies())
-        future: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
-        self._pending[msg.req] = future
+            self._reader = loop.create_task(self._read_replies())
+        future: asyncio.Future[p.Message] = loop.create_future()
+        self._pending[req] = future
+        return future
+
+    async def _call(self, msg: Any, timeout_s: float | None = None) -> p.Message:
+        future = self._expect(msg.req)
         try:
             await self.socket.send_multipart(p.encode(msg))
             return await asyncio.wait_for(future, self.timeout_s if timeout_s is None else timeout_s)

@@ -26,6 +26,7 @@ __all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0  # with no event for this long, re-read the snapshot (PUB may drop)
+WAIT_RECHECK_S: Final = 2.0  # with no final reply for this long, check the job (broker restart?)
 
 
 class Job:
@@ -135,8 +136,8 @@ class Client:
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
-        reply = self._call(p.Wait(req=next(self._reqs), id=job_id), timeout_s=timeout or 1e9)
-        return final_result(job_view(reply))
+        deadline = time.monotonic() + (timeout or 1e9)
+        return final_result(job_view(self._wait_final([job_id], deadline)[0]))
 
     def map(
         self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None, **options: Any
@@ -150,8 +151,38 @@ class Client:
             submit_message(next(self._reqs), task, args, **_submit_options(options)) for args in args_list
         ]
         views = [job_view(r) for r in self._call_many(msgs, deadline)]
-        waits = [p.Wait(req=next(self._reqs), id=view["id"]) for view in views]
-        return [final_result(job_view(r)) for r in self._call_many(waits, deadline)]
+        finals = self._wait_final([view["id"] for view in views], deadline)
+        return [final_result(job_view(reply)) for reply in finals]
+
+    def _wait_final(self, job_ids: list[str], deadline: float) -> list[p.Message]:
+        """Final snapshots of jobs, in order: WAIT for all at once (pipelined), then collect.
+
+        A broker restart forgets who was waiting, so a wait that hears nothing for
+        ``WAIT_RECHECK_S`` reads the job's status and sends its WAIT again (the broker
+        keeps one registration per request, so repeating it is harmless).
+        """
+        waits = [p.Wait(req=next(self._reqs), id=job_id) for job_id in job_ids]
+        self._pending.update(wait.req for wait in waits)
+        try:
+            for wait in waits:
+                self.socket.send_multipart(p.encode(wait))
+            return [self._collect_final(wait, deadline) for wait in waits]
+        finally:
+            for wait in waits:
+                self._pending.discard(wait.req)
+                self._replies.pop(wait.req, None)  # a repeated WAIT may have been answered twice
+
+    def _collect_final(self, wait: p.Wait, deadline: float) -> p.Message:
+        while True:
+            try:
+                return self._await_reply(wait.req, min(deadline, time.monotonic() + WAIT_RECHECK_S))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+            reply = self._call(p.Status(req=next(self._reqs), id=wait.id))
+            if not isinstance(reply, p.Snapshot) or reply.job["state"] in FINAL_STATES:
+                return reply
+            self.socket.send_multipart(p.encode(wait))  # a restarted broker never saw it
 
     def events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Pushed events of one job (Clone join: subscribe, snapshot, then newer ones)."""

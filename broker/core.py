@@ -71,7 +71,7 @@ class BrokerProtocol:
         self.queue = JobQueue()
         self.workers = Workforce(heartbeat_s)
         self.defaults = TaskDefaults()
-        self.waiters: dict[str, list[tuple[bytes, int]]] = {}
+        self.waiters: dict[str, dict[tuple[bytes, int], None]] = {}  # an ordered set per job
         self.etas: dict[str, EtaEstimator] = {}
         self.out = Outbox(epoch, wall_offset_s)
         self.subscriptions = self.out.subscriptions
@@ -199,6 +199,7 @@ class BrokerProtocol:
             "running": states.count(State.RUNNING),
             "workers": len(self.workers),
             "idle_workers": self.workers.idle_count(),
+            "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),
             "tasks": sorted(self.defaults.tasks()),
             **self.counters,
         }
@@ -301,7 +302,7 @@ class BrokerProtocol:
         if job is None or job.is_final:
             self._reply_job(peer, msg.req, msg.id)
             return
-        self.waiters.setdefault(job.id, []).append((peer, msg.req))
+        self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
 
     # --- workers -------------------------------------------------------------------------
 
@@ -444,7 +445,7 @@ class BrokerProtocol:
         self.out.publish(job, now, stamp=False)
         logger.info("job %s → %s", job.id, state)
         view = job.view(self.epoch)
-        for peer, req in self.waiters.pop(job.id, []):
+        for peer, req in self.waiters.pop(job.id, {}):
             self.out.to_client(peer, p.Snapshot(req=req, job=view, result=job.result))
         self._remember_finished(job.id)
 

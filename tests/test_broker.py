@@ -248,3 +248,30 @@ def test_warm_stop_of_a_pool_finishes_its_running_job_once(
     assert pool.wait(timeout_s=15) == 0
     assert client.status(job.id)["attempts"] == 1
     assert [line[3] for line in ledger_lines(ledger)] == ["start", "end"]
+
+
+def test_a_waiting_client_survives_a_broker_restart(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    base_url: str,
+) -> None:
+    import threading
+
+    first = start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        job_id = client.submit("echo", {"waited": "across a restart"}).id
+    results: list[object] = []
+
+    def wait() -> None:
+        with Client(base_url, timeout_s=5) as waiter:
+            results.append(waiter.result(job_id, timeout=40))
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["waiting_clients"] == 1, timeout_s=10)
+    first.signal(signal.SIGKILL)  # the broker forgets who was waiting
+    first.wait(timeout_s=10)
+    start_broker()
+    start_workers(1)
+    thread.join(timeout=20)
+    assert results == [{"waited": "across a restart"}], "the WAIT was repeated to the new broker"
