@@ -6,6 +6,8 @@ Jepsen-style ``history.History`` checker and the side-effect ledger of ``tasks.r
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import signal
@@ -618,3 +620,192 @@ def test_history_checker_flags_each_violation() -> None:
     assert kinds == ["attempts", "duplicated", "gap", "lost", "once", "seq", "unexpected"], problems
     assert not any("'9'" in problem for problem in problems), "indeterminate submits may run"
     assert History().check({}, []) == []
+
+
+# --- P1, P3b, B4: web stall, watchers across a broker restart, a queue past the cache size ---
+
+
+async def _watch_ws(web: Any, job_id: str, received: list[tuple[float, dict[str, Any]]],
+                    reconnects: int = 0) -> None:  # fmt: skip
+    """Follow a job's WebSocket until a final state, as the browser does: on a lost connection
+    reconnect with ``after=<last seq>`` (at most ``reconnects`` times). Each message is kept
+    with its wall-clock arrival time."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    for attempt in range(reconnects + 1):
+        after = received[-1][1]["seq"] if received else None
+        try:  # the Origin header is the server's own URL
+            async with connect(web.events_url(job_id, after), origin=web.url, open_timeout=5) as ws:
+                async for raw in ws:
+                    received.append((time.time(), json.loads(raw)))
+        except (ConnectionClosed, InvalidStatus, OSError, TimeoutError):
+            if attempt == reconnects:
+                raise
+        if received and received[-1][1]["state"] in FINAL:
+            return
+        await asyncio.sleep(0.3)  # the browser's reconnect back-off, not a synchronisation
+    raise AssertionError(f"watcher of {job_id} never saw a final state")
+
+
+def _run_watchers(coros: list[Any], timeout_s: float) -> None:
+    async def all_of() -> None:
+        await asyncio.gather(*coros)
+
+    asyncio.run(asyncio.wait_for(all_of(), timeout_s))
+
+
+BURST = 10_000  # progress events, as RELIABILITY.md P1
+
+
+def _burst(base_url: str, jobs: dict[str, int]) -> None:
+    """Publish ``BURST`` progress events for the running ``jobs`` (id -> attempt) into the
+    broker's events input, as a runner's PUB does (the runners' own progress is throttled to
+    10 per second per job, too slow for a burst). An XPUB, so that the broker's subscription
+    proves the connection before anything is sent."""
+    from broker.addresses import endpoints
+    from broker.protocol import Progress, encode
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pub = context.socket(zmq.XPUB)
+    try:
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.setsockopt(zmq.LINGER, 5000)
+        pub.connect(endpoints(base_url).events_in)
+        assert pub.poll(5000), "the broker never subscribed to the test publisher"
+        assert pub.recv()[:1] == b"\x01"
+        ids = sorted(jobs)
+        for i in range(BURST):
+            job_id = ids[i % len(ids)]
+            pub.send_multipart(encode(Progress(id=job_id, attempt=jobs[job_id], done=i, total=BURST)))
+    finally:
+        pub.close()
+        context.term()
+
+
+@pytest.mark.timeout(60)
+def test_p1_stalled_web_delivers_every_final_state_within_1_s_of_sigcont(
+    web_stack: Any, start_workers: Callable[..., ReadyProcess], base_url: str, history: History,
+) -> None:  # fmt: skip
+    """4 watched jobs run; the web process is SIGSTOPped for 2 s while 10,000 progress events
+    for them go out, and every job ends during the stop."""
+    start_workers(2)  # 4 slots with the stack's 2
+    web = web_stack.web
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["idle_workers"] == 4, timeout_s=10)
+        jobs = [client.submit("slow", {"seconds": 1.5 + k / 1000, "steps": 15}).id for k in range(4)]
+        streams: dict[str, list[tuple[float, dict[str, Any]]]] = {job_id: [] for job_id in jobs}
+        paused: dict[str, float] = {}
+
+        async def fault() -> None:
+            while not all(any(m["state"] == "running" for _, m in stream) for stream in streams.values()):
+                await asyncio.sleep(0.01)
+            attempts = {job_id: stream[-1][1]["attempts"] for job_id, stream in streams.items()}
+            web.proc.signal(signal.SIGSTOP)
+            paused["at"] = time.time()
+            try:
+                await asyncio.to_thread(_burst, base_url, attempts)
+                await asyncio.sleep(paused["at"] + 2.0 - time.time())  # the stall is the fault
+            finally:
+                web.proc.signal(signal.SIGCONT)
+                paused["until"] = time.time()
+
+        _run_watchers([fault(), *(_watch_ws(web, job_id, streams[job_id]) for job_id in jobs)], timeout_s=30)
+        finals = final_views(client, jobs, timeout_s=10)
+    late = {}
+    for job_id, stream in streams.items():
+        history.watched(job_id, [message for _, message in stream])
+        assert paused["at"] < finals[job_id]["finished_at"] < paused["until"], "the job ended during the stop"
+        final_at = next(at for at, message in stream if message["state"] in FINAL)
+        late[job_id] = final_at - paused["until"]
+    assert history.check(finals, []) == []
+    assert {view["state"] for view in finals.values()} == {"done"}
+    # the burst went through the broker (seq counts each job's events) while the web watched
+    assert all(finals[job_id]["seq"] > BURST // len(jobs) for job_id in jobs), finals
+    assert max(late.values()) <= 1.0 + 0.2, f"final states {late} s after SIGCONT"
+
+
+@pytest.mark.timeout(60)
+def test_p3b_websocket_watchers_across_a_broker_sigkill_see_no_gap_in_states_and_a_new_epoch(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    start_web: Callable[..., Any], base_url: str, history: History,
+) -> None:  # fmt: skip
+    """Two jobs run (progress every 50 ms) with two WebSocket watchers each, reconnecting as
+    the browser does; the broker is SIGKILLed mid-run and restarted on the same data dir."""
+    broker = start_broker()
+    web = start_web()
+    start_workers(2)
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["idle_workers"] == 2, timeout_s=10)
+        jobs = [client.submit("slow", {"seconds": 3.0 + k / 1000, "steps": 60}).id for k in range(2)]
+        epoch_before = client.stats()["epoch"]
+    streams: list[tuple[str, list[tuple[float, dict[str, Any]]]]] = [(j, []) for j in jobs for _ in range(2)]
+    restarted: dict[str, float] = {}
+
+    async def fault() -> None:
+        nonlocal broker
+        while not all(any(m.get("done", 0) >= 10 for _, m in stream) for _, stream in streams):
+            await asyncio.sleep(0.01)
+        broker.signal(signal.SIGKILL)
+        await asyncio.to_thread(broker.wait, 10)
+        broker = await asyncio.to_thread(start_broker)
+        restarted["at"] = time.time()
+
+    _run_watchers([fault(), *(_watch_ws(web, job_id, stream, reconnects=10)
+                              for job_id, stream in streams)], timeout_s=40)  # fmt: skip
+    with Client(base_url, timeout_s=10) as client:
+        finals = final_views(client, jobs, timeout_s=20)
+        assert client.stats()["epoch"] == epoch_before + 1
+    for job_id, stream in streams:
+        messages = [message for _, message in stream]
+        history.watched(job_id, messages)
+        epochs = [message["epoch"] for message in messages]
+        assert epochs == sorted(epochs), epochs
+        assert epochs[0] == epoch_before and epochs[-1] == epoch_before + 1, epochs
+    assert history.check(finals, []) == []
+    assert {view["state"] for view in finals.values()} == {"done"}
+
+
+SMALL_CACHE_BROKER = (  # the real broker, with a 1 MiB result cache (no CLI option sets it)
+    "import sys; import broker.results as r; r.ResultStore.__init__.__defaults__ = (1 << 20,); "
+    "from broker.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.timeout(90)
+def test_b4_queued_jobs_past_the_result_cache_size_survive_a_kill_and_all_run(
+    start_workers: Callable[..., ReadyProcess], base_url: str, tmpdir_short: str,
+    part_env: dict[str, str], processes: list[ReadyProcess],
+) -> None:  # fmt: skip
+    """2,000 queued jobs of 10 KiB args (20 MiB) against a 1 MiB result cache, no workers;
+    kill -9 and restart the broker: all still queued, then all done once workers start."""
+    import sqlite3
+
+    from helpers import PYTHON
+
+    data = os.path.join(tmpdir_short, "data")
+
+    def start() -> ReadyProcess:
+        proc = ReadyProcess([PYTHON, "-c", SMALL_CACHE_BROKER, "broker", "--broker", base_url,
+                             "--data", data], env=part_env)  # fmt: skip
+        processes.append(proc)
+        return proc
+
+    broker = start()
+    pad = "x" * 10 * 1024
+    with Client(base_url, timeout_s=10) as client:
+        ids = [client.submit("echo", {"i": i, "pad": pad}).id for i in range(2000)]
+    broker.signal(signal.SIGKILL)
+    broker.wait(timeout_s=10)
+    start()
+    with sqlite3.connect(f"file:{data}/results/cache.db?mode=ro", uri=True) as db:
+        size_limit = db.execute("SELECT value FROM Settings WHERE key = 'size_limit'").fetchone()[0]
+    assert size_limit == 1 << 20 < 2000 * len(pad)
+    sample = random.Random(5).sample(ids, 50)
+    with Client(base_url, timeout_s=10) as client:
+        assert client.stats()["queued"] == 2000
+        assert {client.status(job_id)["state"] for job_id in sample} == {"queued"}
+        start_workers(4)
+        finals = final_views(client, ids, timeout_s=60)
+    assert {view["state"] for view in finals.values()} == {"done"}
+    assert all(finals[job_id]["result"] == {"i": ids.index(job_id), "pad": pad} for job_id in sample)
