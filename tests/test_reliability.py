@@ -683,12 +683,24 @@ def _burst(base_url: str, jobs: dict[str, int]) -> None:
         context.term()
 
 
+@pytest.fixture
+def web_resync(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The web's quiet-stream snapshot interval (``JOBCAST_WS_RESYNC_S``) for this test."""
+    import web_fixtures
+
+    monkeypatch.setitem(web_fixtures.WEB_TEST_ENV, "JOBCAST_WS_RESYNC_S", request.param)
+    return str(request.param)
+
+
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("web_resync", ["1", "30"], ids=["resync-1s", "backlog-drain"], indirect=True)
 def test_p1_stalled_web_delivers_every_final_state_within_1_s_of_sigcont(
-    web_stack: Any, start_workers: Callable[..., ReadyProcess], base_url: str, history: History,
+    web_resync: str, web_stack: Any, start_workers: Callable[..., ReadyProcess], base_url: str,
+    history: History,
 ) -> None:  # fmt: skip
     """4 watched jobs run; the web process is SIGSTOPped for 2 s while 10,000 progress events
-    for them go out, and every job ends during the stop."""
+    for them go out, and every job ends during the stop. With a 1 s resync the final comes
+    from a fresh snapshot; with 30 s it must come through the relay's SUB backlog."""
     start_workers(2)  # 4 slots with the stack's 2
     web = web_stack.web
     with Client(base_url, timeout_s=10) as client:
