@@ -1,4 +1,4 @@
-"""The ``jobcast`` command line: up, broker, worker, web, submit, status, cancel, stats."""
+"""The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.addresses import broker_url
 from broker.errors import JobCancelled, JobcastError, JobFailed
+
+if TYPE_CHECKING:
+    from broker.client import Client
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -63,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("JOBCAST_DATA", ".jobcast"),
         help="data dir for results (default $JOBCAST_DATA or ./.jobcast)",
     )
+    run_broker.add_argument(
+        "--curve-allow",
+        default=None,
+        metavar="DIR",
+        help="directory of allowed client public .key files (default $JOBCAST_CURVE_ALLOW)",
+    )
+
+    keys = commands.add_parser("keys", help="write a CURVE key pair (for the broker or a worker)")
+    keys.add_argument("directory", metavar="DIR")
+    keys.add_argument("--name", default=socket.gethostname(), help="file name (default: host name)")
+    keys.set_defaults(run=_keys)
 
     submit = _command(commands, "submit", "submit a job and print its id", _submit)
     submit.add_argument("task")
@@ -80,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--delay", type=float, default=0.0, help="seconds before it may run")
     submit.add_argument("--scope", default="", help="cache scope, e.g. a tenant")
     submit.add_argument("--timeout", type=float, help="seconds to wait with --wait")
+    stats = _command(commands, "stats", "print queues, workers and counters", _stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
 
     for name, helptext, run in (
         ("status", "print a job's state", _status),
@@ -88,8 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd = _command(commands, name, helptext, run)
         cmd.add_argument("job_id")
         cmd.add_argument("--json", action="store_true", help="print JSON")
-    stats = _command(commands, "stats", "print queues, workers and counters", _stats)
-    stats.add_argument("--json", action="store_true", help="print JSON")
+    for cmd in (submit, stats, *[commands.choices[name] for name in ("status", "cancel")]):
+        cmd.add_argument(
+            "--curve-server",
+            default=None,
+            metavar="FILE",
+            help="the broker's public .key file (default $JOBCAST_CURVE_SERVER)",
+        )
     return parser
 
 
@@ -98,23 +120,49 @@ def _command(commands: Any, name: str, helptext: str, run: Any) -> argparse.Argu
     cmd.add_argument(
         "--broker", default=None, help="broker base URL (default $JOBCAST_BROKER or tcp://127.0.0.1:5555)"
     )
+    cmd.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="FILE",
+        help="own CURVE key pair (.key_secret) for an off-loopback broker ($JOBCAST_CURVE_SECRET)",
+    )
     cmd.set_defaults(run=run)
     return cmd
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from broker.security import create_key_pair
+
+    try:
+        public_file, secret_file = create_key_pair(args.directory, args.name)
+    except OSError as exc:
+        raise ValueError(f"cannot write keys into {args.directory}: {exc.strerror}") from None
+    print(f"public key: {public_file}  (copy it into the broker's --curve-allow directory)")
+    print(f"secret key: {secret_file}  (mode 0600; keep it on this host)")
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from broker.client import Client
+    from broker.security import client_keys
+
+    return Client(args.broker, curve=client_keys(args.curve_secret, args.curve_server))
+
+
 def _broker(args: argparse.Namespace) -> int:
+    from broker.security import server_keys
     from broker.server import BrokerServer
 
-    server = BrokerServer(broker_url(args.broker), args.data)
+    curve = server_keys(args.curve_secret, args.curve_allow)
+    server = BrokerServer(broker_url(args.broker), args.data, curve)
     return server.run(on_ready=lambda line: print(line, flush=True))
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from broker.client import Client
     from broker.terminal import follow
 
     params = dict(_parse_param(item) for item in args.params)
-    with Client(args.broker) as client:
+    with _client(args) as client:
         job = client.submit(
             args.task,
             params,
@@ -152,25 +200,19 @@ def _parse_param(item: str) -> tuple[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from broker.client import Client
-
-    with Client(args.broker) as client:
+    with _client(args) as client:
         _print_job(client.status(args.job_id), args.json)
     return EXIT_OK
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from broker.client import Client
-
-    with Client(args.broker) as client:
+    with _client(args) as client:
         _print_job(client.cancel(args.job_id), args.json)
     return EXIT_OK
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from broker.client import Client
-
-    with Client(args.broker) as client:
+    with _client(args) as client:
         stats = client.stats()
     if args.json:
         print(json.dumps(stats))

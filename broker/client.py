@@ -21,6 +21,7 @@ from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncJob
 from broker.jobs import FINAL_STATES
 from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.security import ClientKeys, client_keys, configure_client
 
 __all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
 
@@ -71,16 +72,19 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.base_url = broker_url(broker)
         self.endpoints = endpoints(self.base_url)
         self.timeout_s = timeout_s
+        self.curve = curve or client_keys()  # CURVE keys given, else from the environment
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
+        configure_client(self.socket, self.curve)
         self.socket.connect(self.endpoints.clients)
         self._reqs = itertools.count(1)
         self._replies: dict[int, p.Message] = {}
@@ -189,6 +193,7 @@ class Client:
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, job_id.encode())
+        configure_client(sub, self.curve)
         sub.connect(self.endpoints.events_out)
         try:
             yield from self._follow(sub, job_id, after)

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -28,6 +29,7 @@ from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, Sto
 from broker.journal import JobJournal
 from broker.liveness import heartbeat_interval_s
 from broker.results import ResultStore, prepare_data_dir
+from broker.security import ServerKeys, configure_server, start_authenticator
 from broker.storage import StorageGuard
 
 logger = logging.getLogger(__name__)
@@ -42,10 +44,11 @@ CULL_INTERVAL_S: Final = 60.0  # expired results are removed this often
 class BrokerServer:
     """Binds the broker's sockets and runs the loop until stopped by a signal."""
 
-    def __init__(self, base_url: str, data_dir: str) -> None:
-        check_loopback(base_url)
+    def __init__(self, base_url: str, data_dir: str, curve: ServerKeys | None = None) -> None:
+        check_loopback(base_url, curve=curve is not None)
         os.umask(0o077)  # the data dir, its files and ipc sockets: this user only
         self.base_url = base_url
+        self.curve = curve
         self.endpoints: Endpoints = endpoints(base_url)
         self.data_dir = prepare_data_dir(data_dir)
         self.journal = JobJournal(self.data_dir)
@@ -61,20 +64,22 @@ class BrokerServer:
         self.stopping = 0
         self.next_cull = time.monotonic() + CULL_INTERVAL_S
         self.context = zmq.Context()
+        # pyzmq's ZAP handler runs in its own thread; the loop below stays single-threaded
+        self.authenticator = start_authenticator(self.context, curve) if curve else None
         self._wake_r, self._wake_w = socket.socketpair()
         self._bind()
 
     def _bind(self) -> None:
         directory = ipc_directory(self.base_url)
         if directory is not None:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        ctx, ep = self.context, self.endpoints
-        self.clients = _socket(ctx, zmq.ROUTER, ep.clients, p.MAX_ARGS_BYTES + p.MAX_HEADER_BYTES)
-        self.workers = _socket(ctx, zmq.ROUTER, ep.workers, p.MAX_RESULT_BYTES + p.MAX_HEADER_BYTES)
+            prepare_ipc_directory(directory)
+        ctx, ep, keys = self.context, self.endpoints, self.curve
+        self.clients = _socket(ctx, zmq.ROUTER, ep.clients, p.MAX_ARGS_BYTES + p.MAX_HEADER_BYTES, keys)
+        self.workers = _socket(ctx, zmq.ROUTER, ep.workers, p.MAX_RESULT_BYTES + p.MAX_HEADER_BYTES, keys)
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.events_in = _socket(ctx, zmq.XSUB, ep.events_in, p.MAX_HEADER_BYTES)
+        self.events_in = _socket(ctx, zmq.XSUB, ep.events_in, p.MAX_HEADER_BYTES, keys)
         self.events_in.send(b"\x01")  # the broker sees every event: it stamps seq on each
-        self.events_out = _socket(ctx, zmq.XPUB, ep.events_out, 1024)
+        self.events_out = _socket(ctx, zmq.XPUB, ep.events_out, 1024, keys)
         self.events_out.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, to count them
         self.poller = zmq.Poller()
         for sock in (self.clients, self.workers, self.events_in, self.events_out):
@@ -91,6 +96,7 @@ class BrokerServer:
             "events_out": ep.events_out,
             "data": self.data_dir,
             "epoch": self.epoch,
+            "curve": self.curve is not None,
         }
         return f"jobcast broker ready {json.dumps(info)}"
 
@@ -191,6 +197,8 @@ class BrokerServer:
         """Close sockets, the context and the result store."""
         for sock in (self.clients, self.workers, self.events_in, self.events_out):
             sock.close(linger=LINGER_MS)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
         self.results.close()
         self.journal.close()
@@ -198,14 +206,14 @@ class BrokerServer:
         self._wake_w.close()
 
 
-def _socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_frame: int
-) -> zmq.Socket[bytes]:
+def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_frame: int,
+            curve: ServerKeys | None) -> zmq.Socket[bytes]:  # fmt: skip
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    configure_server(sock, curve)
     sock.bind(endpoint)
     return sock
 
@@ -240,13 +248,22 @@ def next_epoch(data_dir: str) -> int:
     return epoch
 
 
-def check_loopback(base_url: str) -> None:
-    """Refuse to bind anything but loopback (remote workers need CURVE, not yet built).
+def prepare_ipc_directory(directory: str) -> None:
+    """Create the ipc sockets' directory 0700; warn if an existing one is open to others."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    if mode & 0o077:
+        # the socket files themselves are 0700 (umask 077), which is what connect() checks
+        logger.warning("ipc directory %s has mode %o; 0700 keeps other users out", directory, mode)
+
+
+def check_loopback(base_url: str, *, curve: bool = False) -> None:
+    """Refuse to bind anything but loopback unless CURVE (with its ZAP allowlist) is on.
 
     Raises:
-        ValueError: the tcp host is not a loopback address.
+        ValueError: the tcp host is not a loopback address and ``curve`` is false.
     """
-    if not base_url.startswith("tcp://"):
+    if curve or not base_url.startswith("tcp://"):
         return
     host = base_url.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
@@ -257,5 +274,6 @@ def check_loopback(base_url: str) -> None:
         loopback = False
     if not loopback:
         raise ValueError(
-            f"refusing to bind {host}: the broker binds loopback only unless CURVE keys are given"
+            f"refusing to bind {host}: off loopback the broker needs CURVE keys "
+            "(--curve-secret FILE --curve-allow DIR; make them with `jobcast keys`)"
         )

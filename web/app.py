@@ -80,15 +80,15 @@ def jobcast_lifespan(
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         context = zmq.asyncio.Context()
-        relay = Relay(context, endpoints(settings.broker_url).events_out, settings.queue_size)
-        client = AsyncClient(settings.broker_url, context=context)
+        events_url = endpoints(settings.broker_url).events_out
+        relay = Relay(context, events_url, settings.queue_size, curve=settings.curve)
+        client = AsyncClient(settings.broker_url, context=context, curve=settings.curve)
         results = ResultReader(settings.data_dir)  # read-only: the cache-hit fast path
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
                 try:
-                    yield {"settings": settings, "client": client, "relay": relay,
-                           "results": results}
+                    yield {"settings": settings, "client": client, "relay": relay, "results": results}
                 finally:
                     reader.cancel()
         finally:

@@ -34,6 +34,7 @@ import zmq.asyncio
 from broker.errors import ProtocolError
 from broker.jobs import FINAL_STATES, is_job_id
 from broker.protocol import Event, decode
+from broker.security import ClientKeys, configure_client
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +206,14 @@ class Watch:
 class Relay:
     """Owns the SUB socket: (un)subscribes per job and fans events out to watches."""
 
-    def __init__(self, context: zmq.asyncio.Context, events_url: str, capacity: int = 16) -> None:
+    def __init__(self, context: zmq.asyncio.Context, events_url: str, capacity: int = 16,
+                 curve: ClientKeys | None = None) -> None:  # fmt: skip
         self.capacity = capacity
         self.watches: dict[bytes, set[Watch]] = {}
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+        configure_client(self.socket, curve)
         self.socket.connect(events_url)
         self.received = 0
 

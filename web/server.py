@@ -19,6 +19,7 @@ from typing import Final
 import uvicorn
 
 from broker.addresses import broker_url
+from broker.security import client_keys
 from web.app import create_app
 from web.settings import (
     DEFAULT_DATA_DIR,
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="a Host header to accept (repeatable; default: derived from --host)",
     )
+    p.add_argument("--curve-secret", default=None, metavar="FILE",
+                   help="own CURVE key pair (.key_secret) for an off-loopback broker")  # fmt: skip
+    p.add_argument("--curve-server", default=None, metavar="FILE",
+                   help="the broker's public .key file ($JOBCAST_CURVE_SERVER)")  # fmt: skip
     return p
 
 
@@ -68,6 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         port=args.port,
         allowed_origins=tuple(o.rstrip("/") for o in args.allowed_origin),
         allowed_hosts=tuple(args.allowed_host),
+        curve=client_keys(args.curve_secret, args.curve_server),
     )
 
 

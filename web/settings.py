@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from broker.addresses import broker_url
+from broker.security import ClientKeys, client_keys
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8000
@@ -32,7 +33,8 @@ class Settings:
 
     ``allowed_origins`` are extra origins (``https://example.org``) trusted for WebSocket
     upgrades and state-changing requests besides the server's own. ``allowed_hosts`` is the
-    ``Host`` allowlist (DNS rebinding); empty means: derived from ``host``.
+    ``Host`` allowlist (DNS rebinding); empty means: derived from ``host``. ``curve`` holds
+    the CURVE keys for a broker off loopback (default: from ``$JOBCAST_CURVE_*``).
     """
 
     broker_url: str = field(default_factory=broker_url)
@@ -46,6 +48,7 @@ class Settings:
     resync_s: float = field(default_factory=lambda: _env_float("JOBCAST_WS_RESYNC_S", 5.0))
     ws_ping_s: float = field(default_factory=lambda: _env_float("JOBCAST_WS_PING_S", 20.0))
     max_body_bytes: int = MAX_BODY_BYTES
+    curve: ClientKeys | None = field(default_factory=client_keys)  # for an off-loopback broker
 
     def with_port(self, port: int) -> Settings:
         """A copy with the real port (after binding port 0)."""

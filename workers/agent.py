@@ -28,6 +28,7 @@ from broker.addresses import broker_url, endpoints
 from broker.errors import UnknownTask
 from broker.liveness import Backoff
 from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Message, Ready, Stop
+from broker.security import ClientKeys, client_keys
 from workers import registry
 from workers.child import Child
 from workers.connection import BrokerConnection
@@ -45,14 +46,15 @@ class Agent:
     """One worker slot: a DEALER to the broker and one runner child."""
 
     def __init__(self, broker: str, task_modules: list[str], *, grace_s: float = WARM_GRACE_S,
-                 notify_fd: int | None = None) -> None:  # fmt: skip
+                 notify_fd: int | None = None, curve: ClientKeys | None = None) -> None:  # fmt: skip
         self.broker = broker
+        self.curve = curve
         self.task_modules = task_modules
         self.grace_s = grace_s
         self.notify_fd = notify_fd
         self.context = zmq.Context()
         self.poller = zmq.Poller()
-        self.connection = BrokerConnection(self.context, self.poller, broker, self._ready)
+        self.connection = BrokerConnection(self.context, self.poller, broker, self._ready, curve)
         self.notified = False
         self.child: Child | None = None
         self.child_backoff = Backoff()
@@ -193,7 +195,7 @@ class Agent:
     # --- the runner child --------------------------------------------------------------
 
     def _spawn_child(self) -> None:
-        self.child = Child.spawn(self.broker, self.task_modules)
+        self.child = Child.spawn(self.broker, self.task_modules, self.curve)
         self.poller.register(self.child.result_fd, zmq.POLLIN)
         self.respawn_at = None
 
@@ -329,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", action="append", default=[], help="task module (repeat)")
     parser.add_argument("--grace-s", type=float, default=WARM_GRACE_S)
     parser.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--curve-secret", default=None, help="own CURVE key pair file")
+    parser.add_argument("--curve-server", default=None, help="the broker's public key file")
     return parser
 
 
@@ -343,10 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         url = broker_url(args.broker)
         endpoints(url)
         registry.load_modules(modules)
+        curve = client_keys(args.curve_secret, args.curve_server)
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"jobcast agent: {exc}\n")
         return 2
-    return Agent(url, modules, grace_s=args.grace_s, notify_fd=args.notify_fd).run()
+    return Agent(url, modules, grace_s=args.grace_s, notify_fd=args.notify_fd, curve=curve).run()
 
 
 if __name__ == "__main__":

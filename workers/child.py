@@ -10,6 +10,7 @@ import sys
 from typing import Any, Final
 
 from broker.protocol import Assign
+from broker.security import ClientKeys
 from workers.pipes import READ_CHUNK_BYTES, MessageReader, PipeMessage, write_message
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Child:
         self._closed = False
 
     @classmethod
-    def spawn(cls, broker_url: str, task_modules: list[str]) -> Child:
+    def spawn(cls, broker_url: str, task_modules: list[str], curve: ClientKeys | None = None) -> Child:
         """Start a runner child connected to us by a control pipe and a result pipe."""
         control_r, control_w = os.pipe()
         result_r, result_w = os.pipe()
@@ -36,6 +37,7 @@ class Child:
                 "--control-fd", str(control_r), "--result-fd", str(result_w)]  # fmt: skip
         for module in task_modules:
             argv += ["--tasks", module]
+        argv += curve.argv() if curve is not None else []
         try:
             proc = subprocess.Popen(argv, pass_fds=(control_r, result_w), stdin=subprocess.DEVNULL)
         finally:

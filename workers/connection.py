@@ -26,6 +26,7 @@ from broker.addresses import endpoints
 from broker.errors import ProtocolError
 from broker.liveness import Backoff, Liveness, heartbeat_interval_s
 from broker.protocol import Bye, Done, Error, Failed, Heartbeat, Message, Ready, decode, encode
+from broker.security import ClientKeys, configure_client
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class BrokerConnection:
     """A DEALER to the broker's workers endpoint that keeps itself alive."""
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], poller: zmq.Poller,
-                 broker: str, ready: Callable[[], Ready]) -> None:  # fmt: skip
+                 broker: str, ready: Callable[[], Ready],
+                 curve: ClientKeys | None = None) -> None:  # fmt: skip
         self.context = context
+        self.curve = curve
         self.poller = poller
         self.broker = broker
         self.ready = ready
@@ -55,6 +58,7 @@ class BrokerConnection:
         """Create the DEALER, send ``Ready``, then whatever results wait in the outbox."""
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, LINGER_MS)
+        configure_client(dealer, self.curve)
         dealer.connect(endpoints(self.broker).workers)
         self.poller.register(dealer, zmq.POLLIN)
         self.dealer, self.reconnect_at, self.heard = dealer, None, False

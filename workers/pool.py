@@ -23,6 +23,7 @@ from typing import Final, TextIO
 
 from broker.addresses import broker_url, endpoints
 from broker.liveness import Backoff
+from broker.security import ClientKeys, client_keys
 from workers import registry
 from workers.agent import WARM_GRACE_S
 from workers.signals import SignalFlags
@@ -53,8 +54,10 @@ class Pool:
     """Starts, watches and stops the agent processes of one worker."""
 
     def __init__(self, broker: str, slots: int, task_modules: list[str], *,
-                 grace_s: float = WARM_GRACE_S, ready_stream: TextIO | None = None) -> None:  # fmt: skip
+                 grace_s: float = WARM_GRACE_S, ready_stream: TextIO | None = None,
+                 curve: ClientKeys | None = None) -> None:  # fmt: skip
         self.broker = broker
+        self.curve = curve
         self.task_modules = task_modules
         self.grace_s = grace_s
         self.ready_stream = ready_stream
@@ -101,6 +104,7 @@ class Pool:
                 "--grace-s", str(self.grace_s), "--notify-fd", str(write_fd)]  # fmt: skip
         for module in self.task_modules:
             argv += ["--tasks", module]
+        argv += self.curve.argv() if self.curve is not None else []
         try:
             agent.proc = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
                                           stdin=subprocess.DEVNULL)  # fmt: skip
@@ -184,18 +188,20 @@ def _kill_group(pgid: int) -> None:
 
 
 def run_pool(broker: str, slots: int, task_modules: list[str], *,
-             grace_s: float = WARM_GRACE_S, ready_stream: TextIO | None = None) -> int:  # fmt: skip
+             grace_s: float = WARM_GRACE_S, ready_stream: TextIO | None = None,
+             curve: ClientKeys | None = None) -> int:  # fmt: skip
     """Run ``slots`` agents for ``broker`` until SIGTERM/SIGINT; return the exit code.
 
     Raises:
         TaskModuleError: a task module does not import (checked before any agent starts).
-        ValueError: a bad broker URL or slot count.
+        ValueError: a bad broker URL, slot count or CURVE key file.
     """
     endpoints(broker)
     if slots < 1:
         raise ValueError(f"slots must be >= 1 (got {slots})")
     registry.load_modules(task_modules)
-    return Pool(broker, slots, task_modules, grace_s=grace_s, ready_stream=ready_stream).run()
+    pool = Pool(broker, slots, task_modules, grace_s=grace_s, ready_stream=ready_stream, curve=curve)
+    return pool.run()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -223,6 +229,18 @@ def _parser() -> argparse.ArgumentParser:
         default=WARM_GRACE_S,
         help="how long a warm shutdown lets running jobs finish",
     )
+    parser.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="FILE",
+        help="own CURVE key pair (.key_secret) for an off-loopback broker ($JOBCAST_CURVE_SECRET)",
+    )
+    parser.add_argument(
+        "--curve-server",
+        default=None,
+        metavar="FILE",
+        help="the broker's public .key file ($JOBCAST_CURVE_SERVER)",
+    )
     return parser  # fmt: skip
 
 
@@ -236,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
     modules = args.tasks or list(registry.DEFAULT_TASK_MODULES)
     try:
-        return run_pool(broker_url(args.broker), args.slots, modules, grace_s=args.grace_s)
+        curve = client_keys(args.curve_secret, args.curve_server)
+        return run_pool(broker_url(args.broker), args.slots, modules, grace_s=args.grace_s, curve=curve)
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"jobcast worker: {exc}\n")
         return 2

@@ -33,6 +33,7 @@ from broker.addresses import endpoints
 from broker.errors import BadArguments, JobCancelled, PayloadTooLarge, UnknownTask
 from broker.jobs import parse_args
 from broker.protocol import MAX_RESULT_BYTES
+from broker.security import client_keys, configure_client
 from workers import registry
 from workers.context import Job
 from workers.pipes import read_message, write_message
@@ -140,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", action="append", default=[])
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--result-fd", type=int, required=True)
+    parser.add_argument("--curve-secret", default=None)
+    parser.add_argument("--curve-server", default=None)
     return parser
 
 
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     publisher = context.socket(zmq.PUB)
     publisher.setsockopt(zmq.LINGER, PUB_LINGER_MS)
+    configure_client(publisher, client_keys(args.curve_secret, args.curve_server))
     publisher.connect(endpoints(args.broker).events_in)
     try:
         serve(args.control_fd, args.result_fd, publisher)
