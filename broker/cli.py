@@ -137,8 +137,9 @@ def _keys(args: argparse.Namespace) -> int:
         public_file, secret_file = create_key_pair(args.directory, args.name)
     except OSError as exc:
         raise ValueError(f"cannot write keys into {args.directory}: {exc.strerror}") from None
-    print(f"public key: {public_file}  (copy it into the broker's --curve-allow directory)")
-    print(f"secret key: {secret_file}  (mode 0600; keep it on this host)")
+    print(f"public key: {public_file}  (share it: enrol a worker or client in the broker's "
+          "--curve-allow dir; give a broker's to its peers as --curve-server)")  # fmt: skip
+    print(f"secret key: {secret_file}  (mode 0600; keep it on this host, pass it as --curve-secret)")
     return EXIT_OK
 
 
