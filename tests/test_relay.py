@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from typing import Any
 
@@ -270,3 +271,10 @@ def test_watch_notes_a_sequence_gap() -> None:
         assert watch.needs_resync
 
     asyncio.run(scenario())
+
+
+def test_a_message_is_encoded_once_for_all_its_watchers() -> None:
+    message = event_message(event(3))
+    text = message.text()
+    assert json.loads(text) == dict(message)
+    assert message.text() is text, "the second watcher reuses the first one's encoding"

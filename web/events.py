@@ -13,6 +13,7 @@ Each connection runs its own sender (queue → socket, with a send timeout) and 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, Final
 
@@ -22,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from broker.errors import JobcastError, UnknownJob
 from broker.jobs import is_job_id
 from web.errors import NO_SUCH_JOB, error_response
-from web.relay import Cursor, Watch, clone_join, is_final, snapshot_message
+from web.relay import Cursor, Message, Watch, clone_join, is_final, snapshot_message
 from web.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> 
     """
     if not watch.needs_resync:
         try:
-            return await asyncio.wait_for(watch.get(), resync_s)
+            async with asyncio.timeout(resync_s):  # no task per wait, unlike wait_for
+                return await watch.get()
         except TimeoutError:
             pass
     watch.needs_resync = False
@@ -130,7 +132,9 @@ async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> 
 
 
 async def _send(websocket: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
-    await asyncio.wait_for(websocket.send_json(message), timeout_s)
+    text = message.text() if isinstance(message, Message) else json.dumps(message, separators=(",", ":"))
+    async with asyncio.timeout(timeout_s):
+        await websocket.send_text(text)
 
 
 async def _receive_until_gone(websocket: WebSocket) -> None:

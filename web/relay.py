@@ -21,6 +21,7 @@ of duplicates.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -53,16 +54,30 @@ def is_final(message: Mapping[str, Any]) -> bool:
     return message.get("state") in FINAL_STATES
 
 
-def event_message(event: Event) -> dict[str, Any]:
+class Message(dict[str, Any]):
+    """A message for browsers; its JSON text is encoded once, however many watchers get it."""
+
+    __slots__ = ("_text",)
+
+    def text(self) -> str:
+        """The message as compact JSON (cached: one event is shared by all its watchers)."""
+        try:
+            return self._text
+        except AttributeError:
+            self._text: str = json.dumps(self, separators=(",", ":"), ensure_ascii=False)
+            return self._text
+
+
+def event_message(event: Event) -> Message:
     """The JSON a browser receives for one broker event."""
-    message = {name: getattr(event, name) for name in EVENT_FIELDS}
+    message = Message((name, getattr(event, name)) for name in EVENT_FIELDS)
     message["kind"] = "event"
     return message
 
 
-def snapshot_message(job: Mapping[str, Any]) -> dict[str, Any]:
+def snapshot_message(job: Mapping[str, Any]) -> Message:
     """The JSON a browser receives for a job snapshot (never the result: it may be large)."""
-    message = {name: job.get(name) for name in SNAPSHOT_FIELDS}
+    message = Message((name, job.get(name)) for name in SNAPSHOT_FIELDS)
     message["kind"] = "snapshot"
     return message
 
@@ -182,12 +197,12 @@ class Watch:
         self._last_seq = -1
         self._ready = asyncio.Event()
 
-    def push(self, event: Event) -> None:
+    def push(self, event: Event, message: Message | None = None) -> None:
         """Queue an event (never blocks); note a gap in the broker's sequence."""
         if 0 <= self._last_seq < event.seq - 1:
             self.needs_resync = True
         self._last_seq = max(self._last_seq, event.seq)
-        self.buffer.push(event_message(event))
+        self.buffer.push(message if message is not None else event_message(event))
         self._ready.set()
 
     def drain(self) -> list[dict[str, Any]]:
@@ -236,8 +251,9 @@ class Relay:
             return
         if not isinstance(event, Event):
             return
+        message = event_message(event)  # built and later encoded once for all its watchers
         for watch in watches:
-            watch.push(event)
+            watch.push(event, message)
 
     @asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[Watch]:
