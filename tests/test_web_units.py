@@ -146,3 +146,23 @@ def test_other_results_render() -> None:
     assert "<dl" in render_result({"total": {"orders": 3}, "rows": [{"a": 1}]})
     assert "<pre" in render_result([1, 2, 3])
     assert "&lt;script&gt;" in render_result("<script>")
+
+
+def test_rendered_results_render_once_per_job_and_evict_the_least_recent() -> None:
+    from web.render import RenderedResults
+
+    calls: list[str] = []
+
+    def load(name: str) -> object:
+        calls.append(name)
+        return {"report": name}
+
+    cache = RenderedResults(capacity=2)
+    first = cache.render("job-a", lambda: load("a"))
+    assert cache.render("job-a", lambda: load("a")) is first and calls == ["a"]
+    assert "<dt>report</dt>" in first
+    cache.render("job-b", lambda: load("b"))
+    cache.render("job-a", lambda: load("a"))  # a is now the most recent
+    cache.render("job-c", lambda: load("c"))  # evicts b
+    cache.render("job-b", lambda: load("b"))
+    assert calls == ["a", "b", "c", "b"]

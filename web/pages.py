@@ -26,10 +26,11 @@ from broker.jobs import cache_key, canonical_args, check_task_name, is_job_id
 from broker.results import ResultReader
 from web.api import job_id_param
 from web.errors import NO_SUCH_JOB, ApiError
-from web.render import Markup, escape, render, render_result
+from web.render import Markup, RenderedResults, escape, render
 from web.settings import Settings
 
 logger = logging.getLogger(__name__)
+RENDERED: Final = RenderedResults()  # per web process: a finished job's report never changes
 
 INT_PATTERN: Final = re.compile(r"0|-?[1-9][0-9]{0,14}")
 DECIMAL_PATTERN: Final = re.compile(r"-?(0|[1-9][0-9]{0,14})\.[0-9]{1,15}")
@@ -135,24 +136,26 @@ async def report(request: Request) -> Response:
     task = str(request.path_params["task"])
     args = query_args(request)
     check_task_name(task)
-    view = cached_view(request.state.results, task, canonical_args(args))
-    if view is None:
-        try:
-            job = await request.state.client.submit(task, args)
-        except UnknownTask as exc:
-            raise ApiError(404, str(exc)) from None
-        view = dict(job.view)
+    stored = cached_report(request.state.results, task, canonical_args(args))
+    if stored is not None:  # the fast path: no broker round trip, no re-rendering
+        body = RENDERED.render(stored[0]["id"], lambda: json.loads(stored[1]))
+        return _html(render("report.html", base=_base(request), task=task, meta="Cached result.", body=body))
+    try:
+        job = await request.state.client.submit(task, args)
+    except UnknownTask as exc:
+        raise ApiError(404, str(exc)) from None
+    view = dict(job.view)
     if view.get("state") == "done" and "result" in view:
         meta = "Cached result." if view.get("cached") else "Fresh result."
-        body = render_result(view["result"])
+        body = RENDERED.render(view["id"], view["result"])
         return _html(render("report.html", base=_base(request), task=task, meta=meta, body=body))
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     target = f"{_base(request)}/jobs/{quote(view['id'])}?next={quote(here, safe='')}"
     return RedirectResponse(target, status_code=303)
 
 
-def cached_view(results: ResultReader, task: str, args_json: bytes) -> dict[str, Any] | None:
-    """A fresh cached result read straight from the broker's result cache (no round trip)."""
+def cached_report(results: ResultReader, task: str, args_json: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """A fresh cached job view and result bytes, read straight from the broker's result cache."""
     try:
         job_id = results.job_for_key(cache_key(task, args_json))
         stored = results.job(job_id) if job_id else None
@@ -161,7 +164,7 @@ def cached_view(results: ResultReader, task: str, args_json: bytes) -> dict[str,
         return None
     if stored is None or stored[1] is None:
         return None
-    return {**stored[0], "cached": True, "result": json.loads(stored[1])}
+    return stored[0], stored[1]
 
 
 async def robots(request: Request) -> PlainTextResponse:

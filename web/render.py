@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import OrderedDict
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -91,3 +92,27 @@ def _table(rows: list[dict[str, Any]]) -> Markup:
     more = len(rows) - MAX_RENDERED_ROWS
     note = f'<p class="note">{more} more rows not shown.</p>' if more > 0 else ""
     return Markup(f'<table class="result"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}')
+
+
+class RenderedResults:
+    """Result HTML by job id, least recently used dropped first.
+
+    A finished job's result never changes, so a cached report is rendered once, not on
+    every request for it.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._pages: OrderedDict[str, Markup] = OrderedDict()
+
+    def render(self, job_id: str, result: Any) -> Markup:
+        """The HTML of a job's result; pass a callable to load the result only when needed."""
+        page = self._pages.get(job_id)
+        if page is None:
+            page = render_result(result() if callable(result) else result)
+            self._pages[job_id] = page
+            if len(self._pages) > self.capacity:
+                self._pages.popitem(last=False)
+        else:
+            self._pages.move_to_end(job_id)
+        return page
