@@ -24,11 +24,11 @@ import zmq
 
 from broker import protocol as p
 from broker.addresses import Endpoints, endpoints, ipc_directory
-from broker.core import BrokerProtocol
+from broker.core import DEFAULT_MAX_LIVE_JOBS, BrokerProtocol
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.journal import JobJournal
 from broker.liveness import heartbeat_interval_s
-from broker.results import ResultStore, prepare_data_dir
+from broker.results import RESULT_CACHE_BYTES, ResultStore, prepare_data_dir
 from broker.security import ServerKeys, configure_server, start_authenticator
 from broker.storage import StorageGuard
 
@@ -52,12 +52,14 @@ class BrokerServer:
         self.endpoints: Endpoints = endpoints(base_url)
         self.data_dir = prepare_data_dir(data_dir)
         self.journal = JobJournal(self.data_dir)
-        self.results = ResultStore(self.data_dir)
+        cache_mb = _env_int("JOBCAST_RESULT_CACHE_MB", RESULT_CACHE_BYTES // 1024**2)
+        self.results = ResultStore(self.data_dir, size_limit=cache_mb * 1024**2)
         self.storage = StorageGuard(self.data_dir, self.journal)
         self.epoch = next_epoch(self.data_dir)
         self.core = BrokerProtocol(
             self.results, epoch=self.epoch, heartbeat_s=heartbeat_interval_s(),
             wall_offset_s=time.time() - time.monotonic(),
+            max_live_jobs=_env_int("JOBCAST_MAX_LIVE_JOBS", DEFAULT_MAX_LIVE_JOBS),
         )  # fmt: skip
         self.core.restore(self.journal.replay(), time.monotonic())
         self.core.storage_error = self.storage.check(time.monotonic())
@@ -216,6 +218,16 @@ def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_f
     configure_server(sock, curve)
     sock.bind(endpoint)
     return sock
+
+
+def _env_int(name: str, default: int) -> int:
+    """A positive integer setting from the environment (a clear error if malformed)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive integer (got {raw!r})")
+    return int(raw)
 
 
 def _drain(sock: zmq.Socket[bytes]) -> Iterator[list[bytes]]:
