@@ -60,10 +60,13 @@ def start_web(
     """Start ``python -m web`` against the test's broker; waits until healthy.
 
     ``port`` 0 (the default) lets the server pick one; a fixed port (see ``free_port``)
-    lets a test restart the server where the browser expects it.
+    lets a test restart the server where the browser expects it. ``env`` adds to (and
+    overrides) the web process's environment, e.g. small ``JOBCAST_SUBMIT_RATE`` limits.
     """
 
-    def start(*extra: str, wait_healthy: bool = True, port: int = 0) -> WebServer:
+    def start(
+        *extra: str, wait_healthy: bool = True, port: int = 0, env: dict[str, str] | None = None
+    ) -> WebServer:
         argv = [
             PYTHON,
             "-m",
@@ -78,7 +81,7 @@ def start_web(
             str(port),
             *extra,
         ]
-        proc = ReadyProcess(argv, env={**part_env, **WEB_TEST_ENV})
+        proc = ReadyProcess(argv, env={**part_env, **WEB_TEST_ENV, **(env or {})})
         processes.append(proc)
         server = WebServer(proc, proc.ready_line.split(" ready ", 1)[1].split()[0])
         if wait_healthy:

@@ -2,7 +2,8 @@
 
 Request bodies are read with a size bound, must be ``application/json`` (which a cross-site
 form cannot send without a preflight) and are parsed strictly: NaN, deep nesting and huge
-integers are 400s. Every failure is ``{"error": ...}`` with a 4xx status.
+integers are 400s. Submissions are rate-limited per client (429, ``web.throttle``). Every
+failure is ``{"error": ...}`` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from broker.errors import BadArguments, UnknownJob
 from broker.jobs import PRIORITIES, canonical_args, check_task_name, is_job_id, parse_args
 from web.errors import ApiError
 from web.settings import Settings
+from web.throttle import check_submit
 
 SUBMIT_FIELDS: Final = frozenset({"task", "args", "ttl", "force", "priority", "delay"})
 MAX_TTL_S: Final = 10 * 365 * 86400.0
@@ -116,6 +118,7 @@ def job_id_param(conn: HTTPConnection) -> str:
 async def submit_job(request: Request) -> JSONResponse:
     """``POST /api/jobs``: 202 with the job, or 200 with ``cached: true`` and the result."""
     check_origin(request)
+    check_submit(request)  # 429 past the client's rate, before the body is even read
     body = parse_submit(await read_json(request))
     job = await request.state.client.submit(
         body.task,

@@ -1,7 +1,7 @@
 """``create_app(settings)``: the Starlette app, its lifespan and its security headers.
 
-The lifespan owns the zmq context, the broker client and the relay (whose reader runs in
-an ``asyncio.TaskGroup``) and yields them as request state. To mount jobcast inside your own
+The lifespan owns the zmq context, the broker client, the rate limiters and the relay
+(whose reader runs in an ``asyncio.TaskGroup``) and yields them as request state. To mount jobcast inside your own
 Starlette/FastAPI app, give your app ``lifespan=jobcast_lifespan(settings)`` (mounted apps'
 lifespans do not run) and ``Mount("/jobcast", create_app(settings))``.
 """
@@ -31,6 +31,7 @@ from web import api, events, pages
 from web.errors import exception_handlers
 from web.relay import Relay
 from web.settings import Settings
+from web.throttle import Limits, NotFoundThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ def jobcast_lifespan(
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
                 try:
-                    yield {"settings": settings, "client": client, "relay": relay, "results": results}
+                    limits = Limits.from_settings(settings)
+                    yield {"settings": settings, "client": client, "relay": relay, "results": results,
+                           "limits": limits}  # fmt: skip
                 finally:
                     reader.cancel()
         finally:
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts()),
+        Middleware(NotFoundThrottle),
     ]
     return Starlette(
         routes=routes,

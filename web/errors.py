@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Final
 
 from starlette.exceptions import HTTPException
@@ -24,6 +25,7 @@ from broker.errors import (
 logger = logging.getLogger(__name__)
 
 NO_SUCH_JOB: Final = "no such job"
+TOO_MANY_REQUESTS: Final = "too many requests"
 
 
 class ApiError(Exception):
@@ -35,14 +37,33 @@ class ApiError(Exception):
         self.message = message
 
 
+class RateLimited(Exception):
+    """A client over its rate: 429, retry after ``wait_s`` seconds."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(TOO_MANY_REQUESTS)
+        self.wait_s = wait_s
+
+
 def error_response(status: int, message: str) -> JSONResponse:
     """The one error shape: ``{"error": message}``."""
     return JSONResponse({"error": message}, status_code=status)
 
 
+def too_many_requests(wait_s: float) -> JSONResponse:
+    """429 ``{"error": "too many requests"}`` with ``Retry-After`` (whole seconds, rounded up)."""
+    response = error_response(429, TOO_MANY_REQUESTS)
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    return response
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     status = exc.status if isinstance(exc, ApiError) else 400
     return error_response(status, str(exc))
+
+
+async def _rate_limited(request: Request, exc: Exception) -> Response:
+    return too_many_requests(exc.wait_s if isinstance(exc, RateLimited) else 1.0)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -74,6 +95,7 @@ def exception_handlers() -> dict[int | type[Exception], ExceptionHandler]:
     """Starlette exception handlers mapping every known failure to its status."""
     return {
         ApiError: _api_error,
+        RateLimited: _rate_limited,
         HTTPException: _http_exception,
         UnknownJob: _status_handler(404, NO_SUCH_JOB),  # same shape for unknown and expired
         PayloadTooLarge: _status_handler(413),

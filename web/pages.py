@@ -28,6 +28,7 @@ from web.api import job_id_param
 from web.errors import NO_SUCH_JOB, ApiError
 from web.render import Markup, RenderedResults, escape, render
 from web.settings import Settings
+from web.throttle import check_submit
 
 logger = logging.getLogger(__name__)
 RENDERED: Final = RenderedResults()  # per web process: a finished job's report never changes
@@ -140,6 +141,7 @@ async def report(request: Request) -> Response:
     if stored is not None:  # the fast path: no broker round trip, no re-rendering
         body = RENDERED.render(stored[0]["id"], lambda: json.loads(stored[1]))
         return _html(render("report.html", base=_base(request), task=task, meta="Cached result.", body=body))
+    check_submit(request)  # a GET that creates a job is rate-limited like a POST (S10)
     try:
         job = await request.state.client.submit(task, args)
     except UnknownTask as exc:

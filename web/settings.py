@@ -15,6 +15,7 @@ DEFAULT_DATA_DIR: Final = "./.jobcast"
 MAX_BODY_BYTES: Final = 1024 * 1024
 WS_MAX_MESSAGE_BYTES: Final = 4096  # the browser never needs to send us anything
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1")
+MAX_RATE: Final = 1_000_000.0
 
 
 def _env_float(name: str, default: float) -> float:
@@ -27,6 +28,17 @@ def _env_float(name: str, default: float) -> float:
     return number
 
 
+def _env_rate(name: str, default: float) -> float:
+    """A rate or burst from the environment: 0 (off) up to ``MAX_RATE``."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    number = float(value)
+    if not 0 <= number <= MAX_RATE:  # also refuses nan
+        raise ValueError(f"{name} must be within 0..{MAX_RATE:.0f} (got {number})")
+    return number
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything the web app needs to know; immutable once the app starts.
@@ -35,6 +47,10 @@ class Settings:
     upgrades and state-changing requests besides the server's own. ``allowed_hosts`` is the
     ``Host`` allowlist (DNS rebinding); empty means: derived from ``host``. ``curve`` holds
     the CURVE keys for a broker off loopback (default: from ``$JOBCAST_CURVE_*``).
+
+    Per client address: ``submit_rate``/``submit_burst`` bound job-creating requests
+    (``POST /api/jobs``, a ``/reports/...`` that submits); ``not_found_rate``/``_burst`` bound
+    404s on id routes, after which those routes answer 429 (id guessing). 0 turns one off.
     """
 
     broker_url: str = field(default_factory=broker_url)
@@ -48,6 +64,10 @@ class Settings:
     resync_s: float = field(default_factory=lambda: _env_float("JOBCAST_WS_RESYNC_S", 5.0))
     ws_ping_s: float = field(default_factory=lambda: _env_float("JOBCAST_WS_PING_S", 20.0))
     max_body_bytes: int = MAX_BODY_BYTES
+    submit_rate: float = field(default_factory=lambda: _env_rate("JOBCAST_SUBMIT_RATE", 20.0))
+    submit_burst: float = field(default_factory=lambda: _env_rate("JOBCAST_SUBMIT_BURST", 40.0))
+    not_found_rate: float = field(default_factory=lambda: _env_rate("JOBCAST_NOT_FOUND_RATE", 10.0))
+    not_found_burst: float = field(default_factory=lambda: _env_rate("JOBCAST_NOT_FOUND_BURST", 20.0))
     curve: ClientKeys | None = field(default_factory=client_keys)  # for an off-loopback broker
 
     def with_port(self, port: int) -> Settings:
