@@ -1,9 +1,10 @@
 """``create_app(settings)``: the Starlette app, its lifespan and its security headers.
 
 The lifespan owns the zmq context, the broker client, the rate limiters and the relay
-(whose reader runs in an ``asyncio.TaskGroup``) and yields them as request state. To mount jobcast inside your own
-Starlette/FastAPI app, give your app ``lifespan=jobcast_lifespan(settings)`` (mounted apps'
-lifespans do not run) and ``Mount("/jobcast", create_app(settings))``.
+(whose reader runs in an ``asyncio.TaskGroup``) and yields them as request state. To mount
+jobcast inside your own Starlette/FastAPI app, give your app
+``lifespan=jobcast_lifespan(settings)`` (mounted apps' lifespans do not run) and
+``Mount("/jobcast", create_app(settings))``.
 """
 
 from __future__ import annotations
