@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import zmq
-from helpers import ReadyProcess, children_of, pid_alive, wait_for
+from helpers import ReadyProcess, children_of, jobcast, pid_alive, wait_for
 from history import FINAL, History, read_ledger
 
 from broker.client import Client
@@ -470,8 +470,6 @@ def test_b5_corrupted_journal_is_refused_naming_the_file(
 ) -> None:  # fmt: skip
     import subprocess
 
-    from helpers import jobcast
-
     broker = start_broker()
     with Client(base_url, timeout_s=10) as client:
         for i in range(60):  # no workers: all stay queued, several pages of journal
@@ -544,8 +542,6 @@ def _stop_up_while_jobs_run_then_restart(
     whose ledger ``end`` was written before the restart."""
     import socket
     from urllib.parse import urlsplit
-
-    from helpers import jobcast
 
     argv = jobcast("up", "--port", "0", "--workers", "2", "--broker", base_url, "--data", data,
                    "--tasks", "tasks")  # fmt: skip
@@ -778,12 +774,6 @@ def test_p3b_websocket_watchers_across_a_broker_sigkill_see_no_gap_in_states_and
     assert {view["state"] for view in finals.values()} == {"done"}
 
 
-SMALL_CACHE_BROKER = (  # the real broker, with a 1 MiB result cache (no CLI option sets it)
-    "import sys; import broker.results as r; r.ResultStore.__init__.__defaults__ = (1 << 20,); "
-    "from broker.cli import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
 @pytest.mark.timeout(90)
 def test_b4_queued_jobs_past_the_result_cache_size_survive_a_kill_and_all_run(
     start_workers: Callable[..., ReadyProcess], base_url: str, tmpdir_short: str,
@@ -793,13 +783,11 @@ def test_b4_queued_jobs_past_the_result_cache_size_survive_a_kill_and_all_run(
     kill -9 and restart the broker: all still queued, then all done once workers start."""
     import sqlite3
 
-    from helpers import PYTHON
-
     data = os.path.join(tmpdir_short, "data")
+    small_cache = {**part_env, "JOBCAST_RESULT_CACHE_MB": "1"}
 
     def start() -> ReadyProcess:
-        proc = ReadyProcess([PYTHON, "-c", SMALL_CACHE_BROKER, "broker", "--broker", base_url,
-                             "--data", data], env=part_env)  # fmt: skip
+        proc = ReadyProcess(jobcast("broker", "--broker", base_url, "--data", data), env=small_cache)
         processes.append(proc)
         return proc
 
