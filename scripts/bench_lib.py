@@ -61,10 +61,9 @@ class Procs:
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(grace)
-        for stream in (proc.stdout, proc.stdin):
+        for stream in (proc.stdout, proc.stdin, proc.stderr_file):  # type: ignore[attr-defined]
             if stream is not None:
                 stream.close()
-        proc.stderr_file.close()  # type: ignore[attr-defined]
 
     def __enter__(self) -> Procs:
         return self
@@ -72,12 +71,12 @@ class Procs:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         for proc in reversed(self.started):
-            if exc_type is not None and proc.poll() is not None and proc.returncode:
-                proc.stderr_file.seek(0)  # type: ignore[attr-defined]
-                tail = proc.stderr_file.read()[-2000:].decode(errors="replace")  # type: ignore[attr-defined]
-                print(f"  [{proc.args!r}] exited "
-                      f"{proc.returncode}: {tail}", file=sys.stderr)
-            self.stop(proc)
+            log = proc.stderr_file  # type: ignore[attr-defined]
+            if exc_type is not None and proc.poll() is not None and proc.returncode and not log.closed:
+                log.seek(0)  # a process stopped earlier has its log closed already: skip it
+                tail = log.read()[-2000:].decode(errors="replace")
+                print(f"  [{proc.args!r}] exited {proc.returncode}: {tail}", file=sys.stderr)
+            self.stop(proc)  # always: a failed section must not leave processes behind
         self.started.clear()
 
 
