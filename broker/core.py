@@ -123,7 +123,7 @@ class BrokerProtocol:
             case p.Heartbeat() if slot is None:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
             case p.Heartbeat():
-                pass
+                return  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
             case p.Done():
                 self._worker_done(peer, msg, now)
             case p.Failed():

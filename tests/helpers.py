@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
+
+import zmq
 
 PYTHON = sys.executable
 
@@ -150,3 +152,17 @@ def children_of(pid: int) -> list[int]:
         found.extend(kids)
         frontier.extend(kids)
     return found
+
+
+@contextlib.contextmanager
+def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER on ``endpoint`` for sending hand-made frames; closed afterwards."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()

@@ -9,8 +9,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
-import zmq
-from helpers import ReadyProcess, children_of, pid_alive, wait_for
+from helpers import ReadyProcess, children_of, pid_alive, raw_dealer, wait_for
 
 from broker import protocol as p
 from broker.client import Client
@@ -112,26 +111,19 @@ def test_malformed_frames_get_an_error_and_change_nothing(
     client: Client, start_workers: Callable[..., ReadyProcess]
 ) -> None:
     start_workers(1)
-    ctx = zmq.Context()
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.connect(client.endpoints.clients)
-    try:
-        junk = [
-            [b"junk"],
-            [p.TAG, b"NOPE", b"{}"],
-            [p.TAG, b"SUBMIT", b"not json"],
-            [p.TAG, b"SUBMIT", b'{"req": "x"}', b"{}"],
-            [b"x"] * 9,
-        ]
+    junk = [
+        [b"junk"],
+        [p.TAG, b"NOPE", b"{}"],
+        [p.TAG, b"SUBMIT", b"not json"],
+        [p.TAG, b"SUBMIT", b'{"req": "x"}', b"{}"],
+        [b"x"] * 9,
+    ]
+    with raw_dealer(client.endpoints.clients) as raw:
         for frames in junk:
             raw.send_multipart(frames)
             assert raw.poll(5000), f"no reply to {frames!r}"
             reply = p.decode(raw.recv_multipart())
             assert isinstance(reply, p.Error) and reply.code == "protocol"
-    finally:
-        raw.close()
-        ctx.term()
     assert client.stats()["invalid_messages"] == 5
     assert client.submit("echo", {"after": "junk"}).result(timeout=10) == {"after": "junk"}
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import zmq
 import zmq.auth
-from helpers import PYTHON, ReadyProcess, jobcast, wait_for
+from helpers import PYTHON, ReadyProcess, jobcast, raw_dealer, wait_for
 from websockets.sync.client import connect as ws_connect
 from zmq.utils.monitor import recv_monitor_message
 
@@ -335,17 +335,10 @@ def test_frame_above_max_message_size_leaves_the_broker_healthy(
     client: Client, start_workers: Callable[..., ReadyProcess]
 ) -> None:
     start_workers(1)
-    ctx = zmq.Context()
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.connect(client.endpoints.clients)
-    try:
+    with raw_dealer(client.endpoints.clients) as raw:
         oversized = b"x" * (p.MAX_ARGS_BYTES + p.MAX_HEADER_BYTES + 1)  # the clients' MAXMSGSIZE
         raw.send_multipart([p.TAG, b"SUBMIT", b"{}", oversized])
         assert not raw.poll(500)  # libzmq drops the peer; nothing reaches the broker
-    finally:
-        raw.close()
-        ctx.term()
     assert_serves(client)
     assert client.stats()["invalid_messages"] == 0
     assert client.submit("echo", {"after": "big"}).result(timeout=10) == {"after": "big"}
