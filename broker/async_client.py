@@ -15,7 +15,15 @@ from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.errors import ProtocolError
 from broker.jobs import FINAL_STATES
-from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.replies import (
+    EventFollower,
+    final_result,
+    job_list,
+    job_view,
+    list_message,
+    published_event,
+    submit_message,
+)
 from broker.security import ClientKeys, client_keys, configure_client
 
 DEFAULT_TIMEOUT_S: Final = 30.0
@@ -108,6 +116,16 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job."""
         return job_view(await self._call(p.Cancel(req=next(self._reqs), id=job_id)))
+
+    async def jobs(
+        self, state: str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Job views, newest first, of one state and/or task (see ``Client.jobs``)."""
+        return job_list(await self._call(list_message(next(self._reqs), state, task, limit)))
+
+    async def retry(self, job_id: str) -> AsyncJob:
+        """Re-submit a failed or cancelled job under a new id (see ``Client.retry``)."""
+        return AsyncJob(self, job_view(await self._call(p.Retry(req=next(self._reqs), id=job_id))))
 
     async def stats(self) -> dict[str, Any]:
         """Queue, worker and counter figures."""

@@ -20,7 +20,15 @@ from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncJob
 from broker.jobs import FINAL_STATES
-from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.replies import (
+    EventFollower,
+    final_result,
+    job_list,
+    job_view,
+    list_message,
+    published_event,
+    submit_message,
+)
 from broker.security import ClientKeys, client_keys, configure_client
 
 __all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
@@ -129,6 +137,19 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a queued one is dropped, a running one is stopped."""
         return job_view(self._call(p.Cancel(req=next(self._reqs), id=job_id)))
+
+    def jobs(
+        self, state: str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Job views, newest first, of one state and/or task; raises BadArguments on bad filters.
+
+        Finished jobs are those the broker keeps in memory (its last 10,000 since it started).
+        """
+        return job_list(self._call(list_message(next(self._reqs), state, task, limit)))
+
+    def retry(self, job_id: str) -> Job:
+        """Re-submit a failed or cancelled job under a new id; raises UnknownJob or BrokerError."""
+        return Job(self, job_view(self._call(p.Retry(req=next(self._reqs), id=job_id))))
 
     def stats(self) -> dict[str, Any]:
         """Queue, worker and counter figures."""
