@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.addresses import endpoints
 from broker.client import AsyncClient
 from broker.results import ResultReader
-from web import api, events, pages
+from web import api, events, metrics, pages
 from web.callbacks import CallbackPolicy, CallbackSender
 from web.errors import exception_handlers
 from web.relay import Relay
@@ -94,7 +94,8 @@ def jobcast_lifespan(
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,
-                           "limits": limits, "callbacks": callbacks}  # fmt: skip
+                           "limits": limits, "callbacks": callbacks,
+                           "metrics": metrics.MetricsExporter()}  # fmt: skip
                 finally:
                     reader.cancel()
         finally:
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *api.routes,
         *events.routes,
         *pages.routes,
+        *metrics.routes,
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
         Mount("/demo/feeds", StaticFiles(directory=PACKAGE_DIR / "demo_feeds"), name="feeds"),
     ]
