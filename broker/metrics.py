@@ -16,6 +16,7 @@ rest share the label ``OTHER_TASK`` (clients can queue any task name: bound the 
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -89,13 +90,12 @@ class Metrics:
 
     def snapshot(self, live: Iterable[Job]) -> dict[str, Any]:
         """Every task's figures plus live queued/running counts, JSON-ready."""
-        tasks: dict[str, dict[str, Any]] = {}
-        for name, figures in self.tasks.items():
-            tasks[name] = _task_json(figures)
-        for job in live:
-            label = job.task if job.task in tasks or len(tasks) < MAX_METRIC_TASKS else OTHER_TASK
-            entry = tasks.setdefault(label, _task_json(TaskFigures()))
-            entry[str(job.state)] += 1
+        tasks = {name: _task_json(figures) for name, figures in self.tasks.items()}
+        for (task, state), count in Counter((job.task, job.state) for job in live).items():
+            label = task if task in tasks or len(tasks) < MAX_METRIC_TASKS else OTHER_TASK
+            if label not in tasks:
+                tasks[label] = _task_json(TaskFigures())
+            tasks[label][str(state)] += count
         return {"wait_buckets_s": list(WAIT_BUCKETS_S), "run_buckets_s": list(RUN_BUCKETS_S),
                 "tasks": tasks}  # fmt: skip
 
