@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="write a CURVE key pair (for the broker or a worker)")
     keys.add_argument("directory", metavar="DIR")
     keys.add_argument("--name", default=socket.gethostname(), help="file name (default: host name)")
+    keys.add_argument("--tasks", default=None, metavar="T1,T2",
+                      help="write NAME.tasks too: the only tasks this worker key may register")  # fmt: skip
     keys.set_defaults(run=_keys)
 
     submit = _command(commands, "submit", "submit a job and print its id", _submit)
@@ -132,9 +134,16 @@ def _command(commands: Any, name: str, helptext: str, run: Any) -> argparse.Argu
 
 def _keys(args: argparse.Namespace) -> int:
     from broker.security import create_key_pair
+    from broker.task_grants import parse_task_list, write_task_grant
 
+    tasks = parse_task_list(args.tasks) if args.tasks is not None else None
+    if tasks is not None and not tasks:
+        raise ValueError("--tasks needs at least one task name")
     try:
         public_file, secret_file = create_key_pair(args.directory, args.name)
+        if tasks:
+            grant = write_task_grant(public_file, tasks)
+            print(f"task grant: {grant}  (copy it beside the .key in the broker's --curve-allow dir)")
     except OSError as exc:
         raise ValueError(f"cannot write keys into {args.directory}: {exc.strerror}") from None
     print(f"public key: {public_file}  (share it: enrol a worker or client in the broker's "

@@ -22,7 +22,7 @@ from broker.outbox import Outbox
 from broker.progress import EtaEstimator
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
-from broker.workforce import WorkerSlot, Workforce
+from broker.workforce import WorkerSlot, Workforce, restrict_ready
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ SEQ_EPOCH_SHIFT: Final = 32
 DEFAULT_MAX_LIVE_JOBS: Final = 250_000  # queued + running; past it submits get queue_full
 COUNTERS: Final = (
     "submitted", "coalesced", "cache_hits", "done", "failed", "cancelled", "retried",
-    "workers_lost", "invalid_messages", "stale_messages",
+    "workers_lost", "invalid_messages", "stale_messages", "refused_tasks",
 )  # fmt: skip
 
 
@@ -107,8 +107,10 @@ class BrokerProtocol:
                     peer, ProtocolError(f"{type(msg).__name__} is not a client request"), to_worker=False
                 )
 
-    def receive_worker(self, peer: bytes, frames: list[bytes], now: float) -> None:
-        """Handle one message from a worker."""
+    def receive_worker(
+        self, peer: bytes, frames: list[bytes], now: float, allowed_tasks: frozenset[str] | None = None
+    ) -> None:
+        """Handle one message from a worker (``allowed_tasks``: its key's grant, None = any)."""
         try:
             msg = p.decode(frames)
         except ProtocolError as exc:
@@ -119,7 +121,7 @@ class BrokerProtocol:
             slot.liveness.on_message(now)
         match msg:
             case p.Ready():
-                self._worker_ready(peer, msg, now)
+                self._worker_ready(peer, self._granted(peer, msg, allowed_tasks), now)
             case p.Heartbeat() if slot is None:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
             case p.Heartbeat():
@@ -305,6 +307,14 @@ class BrokerProtocol:
         self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
 
     # --- workers -------------------------------------------------------------------------
+
+    def _granted(self, peer: bytes, msg: p.Ready, allowed: frozenset[str] | None) -> p.Ready:
+        granted, refused = restrict_ready(msg, allowed)
+        if refused:
+            self.counters["refused_tasks"] += len(refused)
+            logger.warning("worker %s (pid %s on %s): its key may not run %s; refused",
+                           peer.hex(), msg.pid, msg.host, refused)  # fmt: skip
+        return granted
 
     def _worker_ready(self, peer: bytes, msg: p.Ready, now: float) -> None:
         previous = self.workers.get(peer)
