@@ -258,7 +258,7 @@ class BrokerProtocol:
         self.out.publish(job, now)
         self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
-        logger.info("job %s queued (%s)", job.id, job.task)
+        logger.debug("job %s queued (%s)", job.id, job.task)
         self._dispatch(now)
 
     def restore(self, records: list[dict[str, Any]], now: float) -> None:
@@ -407,7 +407,7 @@ class BrokerProtocol:
         job.run_at = self._wall(now) + delay_s
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
         self.out.journal(job)
-        logger.info("job %s running → queued (attempt %s)", job.id, job.attempts)
+        logger.debug("job %s running → queued (attempt %s)", job.id, job.attempts)
         self.out.publish(job, now)
 
     def _dispatch(self, now: float) -> None:
@@ -434,7 +434,7 @@ class BrokerProtocol:
             id=job.id, task=job.task, attempt=job.attempts, args=job.args, timeout_s=job.timeout_s
         )
         self._send_worker(slot.peer, assign, now)
-        logger.info("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
+        logger.debug("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
         self.out.publish(job, now)
 
     # --- final states ------------------------------------------------------------------------
@@ -453,7 +453,7 @@ class BrokerProtocol:
         job.seq += 1  # the final seq first, so the stored view and the event agree
         self.out.store(job, retention_s(ttl_s), ttl_s)
         self.out.publish(job, now, stamp=False)
-        logger.info("job %s → %s", job.id, state)
+        logger.debug("job %s → %s", job.id, state)
         view = job.view(self.epoch)
         for peer, req in self.waiters.pop(job.id, {}):
             self.out.to_client(peer, p.Snapshot(req=req, job=view, result=job.result))
