@@ -29,7 +29,7 @@ def start_agent(
 ) -> Callable[..., ReadyProcess]:
     def start(*extra: str) -> ReadyProcess:
         argv = [PYTHON, "-m", "workers.agent", "--broker", base_url, "--tasks", "tasks", *extra]
-        proc = ReadyProcess(argv, env=part_env)
+        proc = ReadyProcess(argv, env={**part_env, "JOBCAST_LOG": "DEBUG"})  # logs each assignment
         processes.append(proc)
         return proc
 

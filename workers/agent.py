@@ -142,7 +142,7 @@ class Agent:
             self.connection.send(Failed(id=msg.id, attempt=msg.attempt, error=busy), now)
             return
         self.current = Attempt.start(msg, _task_timeout_s(msg), now)
-        logger.info("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
+        logger.debug("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
         if self.child is None:
             self._spawn_child()
         try:
@@ -169,7 +169,7 @@ class Agent:
     def _finish(self, msg: Done | Failed, now: float) -> None:
         self.current = None
         state = "done" if isinstance(msg, Done) else f"failed ({msg.error.get('type')})"
-        logger.info("job %s attempt %d %s", msg.id, msg.attempt, state)
+        logger.debug("job %s attempt %d %s", msg.id, msg.attempt, state)
         self.connection.send(msg, now)
 
     def _check_deadlines(self, now: float) -> None:

@@ -123,7 +123,7 @@ def serve(control_fd: int, result_fd: int, publisher: zmq.Socket[bytes] | None) 
             continue  # a cancel that arrived after its job ended
         job = Job(str(header["id"]), int(header["attempt"]), task=str(header["task"]),
                   publisher=publisher, control_fd=control_fd)  # fmt: skip
-        logger.info("job %s attempt %d running %s", job.id, job.attempt, job.task)
+        logger.debug("job %s attempt %d running %s", job.id, job.attempt, job.task)
         outcome, result = execute(job, payload)
         write_message(result_fd, outcome, result)
 
