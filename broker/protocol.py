@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, Final, TypeAlias
@@ -283,6 +284,7 @@ PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
     Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
     Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES,
 }  # fmt: skip
+_CLASS_OF_WORD: Final = {command.value: cls for command, cls in TYPE_OF.items()}
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
 
 
@@ -352,10 +354,10 @@ def _split_topic(frames: list[bytes]) -> tuple[bytes | None, list[bytes]]:
 
 
 def _message_class(command: bytes) -> type[Any]:
-    try:
-        return TYPE_OF[Command(command)]
-    except ValueError:
-        raise ProtocolError(f"unknown command {command[:32]!r}") from None
+    cls = _CLASS_OF_WORD.get(command)
+    if cls is None:
+        raise ProtocolError(f"unknown command {command[:32]!r}")
+    return cls
 
 
 def _check_payload(cls: type[Any], frames: list[bytes]) -> None:
@@ -385,12 +387,12 @@ def _reject_constant(name: str) -> None:
 
 
 def _build(cls: type[Any], values: dict[str, Any]) -> Message:
-    hints = _hints(cls)
-    unknown = set(values) - set(hints)
-    if unknown:
-        raise ProtocolError(f"{cls.__name__}: unknown field {sorted(unknown)[0]!r}")
+    checks = _field_checks(cls)
     for name, value in values.items():
-        if not _matches(value, hints[name]):
+        check = checks.get(name)
+        if check is None:
+            raise ProtocolError(f"{cls.__name__}: unknown field {name!r}")
+        if not check(value):
             raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
         if _has_lone_surrogate(value):
             raise ProtocolError(f"{cls.__name__}.{name}: lone surrogate in a string")
@@ -400,29 +402,35 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Message:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+Check: TypeAlias = Callable[[Any], bool]
+_FIELD_CHECKS: dict[type[Any], dict[str, Check]] = {}
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+def _field_checks(cls: type[Any]) -> dict[str, Check]:
+    """A type check per field of ``cls``, built once from its annotations (decode is hot)."""
+    checks = _FIELD_CHECKS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        checks = _FIELD_CHECKS[cls] = {name: _type_check(hint) for name, hint in hints.items()}
+    return checks
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def _type_check(hint: Any) -> Check:
     if isinstance(hint, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(hint))
+        options = [_type_check(option) for option in typing.get_args(hint)]
+        return lambda value: any(check(value) for check in options)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     origin = typing.get_origin(hint) or hint
     if origin is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
     if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    return isinstance(value, origin)
+        check_item = _type_check(item)
+        return lambda value: isinstance(value, list) and all(check_item(v) for v in value)
+    return lambda value: isinstance(value, origin)
 
 
 def _has_lone_surrogate(value: Any) -> bool:
