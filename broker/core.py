@@ -9,6 +9,7 @@ user-visible timestamps are ``now + wall_offset_s``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from typing import Any, Final, Protocol
@@ -18,8 +19,11 @@ from broker.effects import Effect
 from broker.errors import BadArguments, ProtocolError
 from broker.jobs import Job, State, job_from_record, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
+from broker.listing import check_filters, encode_views, select_jobs
+from broker.metrics import Metrics
 from broker.outbox import Outbox
 from broker.progress import EtaEstimator
+from broker.retry import resubmission, retry_spec
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
 from broker.workforce import WorkerSlot, Workforce, restrict_ready
@@ -44,6 +48,9 @@ class StoredResults(Protocol):
 
     def job_for_key(self, cache_key: str) -> str | None:
         """The id of the job whose fresh result is cached under ``cache_key``."""
+
+    def retry_spec(self, job_id: str) -> dict[str, Any] | None:
+        """A finished job's retry spec (``broker.retry``), or None if unknown."""
 
 
 class BrokerProtocol:
@@ -76,6 +83,7 @@ class BrokerProtocol:
         self.out = Outbox(epoch, wall_offset_s)
         self.subscriptions = self.out.subscriptions
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.metrics = Metrics()
         self.storage_error: str | None = None  # set by the shell while the data dir is full
 
     # --- the shell's interface ---------------------------------------------------------
@@ -101,7 +109,12 @@ class BrokerProtocol:
             case p.Wait():
                 self._wait(peer, msg)
             case p.Stats():
-                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats()))
+                figures = self.metrics_json() if msg.metrics else None
+                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats(), metrics=figures))
+            case p.ListJobs():
+                self._list(peer, msg)
+            case p.Retry():
+                self._retry(peer, msg, now)
             case _:
                 self._invalid(
                     peer, ProtocolError(f"{type(msg).__name__} is not a client request"), to_worker=False
@@ -206,6 +219,11 @@ class BrokerProtocol:
             **self.counters,
         }
 
+    def metrics_json(self) -> bytes:
+        """Per-task counts and time histograms (``broker.metrics``) as JSON bytes."""
+        live = (self.jobs[job_id] for job_id in self.by_key.values())
+        return json.dumps(self.metrics.snapshot(live), separators=(",", ":")).encode()
+
     # --- client requests ---------------------------------------------------------------
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
@@ -298,6 +316,26 @@ class BrokerProtocol:
                 self._send_worker(worker, p.Stop(id=job.id, attempt=job.attempts), now)
             self._finish(job, State.CANCELLED, now, error=None)
         self._reply_job(peer, msg.req, msg.id)
+
+    def _list(self, peer: bytes, msg: p.ListJobs) -> None:
+        try:
+            check_filters(msg.state, msg.task, msg.limit)
+        except BadArguments as exc:
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
+            return
+        finished = (self.jobs[job_id] for job_id in reversed(self.finished) if job_id in self.jobs)
+        chosen = select_jobs(self.jobs.values(), finished, state=msg.state, task=msg.task, limit=msg.limit)
+        self.out.to_client(peer, p.JobList(req=msg.req, views=encode_views(chosen, self.epoch)))
+
+    def _retry(self, peer: bytes, msg: p.Retry, now: float) -> None:
+        job = self.jobs.get(msg.id)
+        spec = retry_spec(job) if job is not None else self.results.retry_spec(msg.id)
+        answer = resubmission(msg.req, msg.id, spec)
+        if isinstance(answer, p.Error):
+            self.out.to_client(peer, answer)
+            return
+        logger.info("job %s retried (%s)", msg.id, answer.task)
+        self._submit(peer, answer, now)
 
     def _wait(self, peer: bytes, msg: p.Wait) -> None:
         job = self.jobs.get(msg.id)
@@ -427,6 +465,7 @@ class BrokerProtocol:
         self.defaults.resolve(job)
         job.worker = slot.peer
         job.started_at = self._wall(now)
+        self.metrics.started(job)
         job.eta_s = None
         self.etas.pop(job.id, None)
         self.out.journal(job)
@@ -440,9 +479,11 @@ class BrokerProtocol:
     # --- final states ------------------------------------------------------------------------
 
     def _finish(self, job: Job, state: State, now: float, error: dict[str, str] | None) -> None:
+        was_running = job.state is State.RUNNING
         job.move_to(state)
         job.error = error
         job.finished_at = self._wall(now)
+        self.metrics.finished(job, was_running)
         job.eta_s = 0.0 if state is State.DONE else None
         self.counters[str(state)] += 1
         if self.by_key.get(job.cache_key) == job.id:

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.addresses import endpoints
 from broker.client import AsyncClient
 from broker.results import ResultReader
-from web import api, events, pages
+from web import api, events, metrics, pages
+from web.callbacks import CallbackPolicy, CallbackSender
 from web.errors import exception_handlers
 from web.relay import Relay
 from web.settings import Settings
@@ -86,16 +87,19 @@ def jobcast_lifespan(
         relay = Relay(context, events_url, settings.queue_size, curve=settings.curve)
         client = AsyncClient(settings.broker_url, context=context, curve=settings.curve)
         results = ResultReader(settings.data_dir)  # read-only: the cache-hit fast path
+        callbacks = CallbackSender(client, CallbackPolicy.from_env())
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,
-                           "limits": limits}  # fmt: skip
+                           "limits": limits, "callbacks": callbacks,
+                           "metrics": metrics.MetricsExporter()}  # fmt: skip
                 finally:
                     reader.cancel()
         finally:
+            await callbacks.aclose()
             await client.aclose()
             results.close()
             relay.close()
@@ -119,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *api.routes,
         *events.routes,
         *pages.routes,
+        *metrics.routes,
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
         Mount("/demo/feeds", StaticFiles(directory=PACKAGE_DIR / "demo_feeds"), name="feeds"),
     ]
