@@ -20,6 +20,8 @@ SAMPLES: list[p.Message] = [
     p.Cancel(req=3, id=JOB_ID),
     p.Wait(req=4, id=JOB_ID),
     p.Stats(req=5),
+    p.Pause(req=10, task="report"),
+    p.Resume(req=11, task="report"),
     p.Snapshot(req=6, job={"id": JOB_ID, "state": "done", "done": 3, "total": 3},
                result=b'{"rows":[1,2,3]}'),
     p.Counters(req=7, stats={"queued": 2, "workers": 1, "tasks": ["echo"]}),
@@ -252,3 +254,11 @@ def test_rejects_lone_surrogate_in_list_item() -> None:
 def test_encode_refuses_nan() -> None:
     with pytest.raises(ValueError):
         p.encode(p.Event(id=JOB_ID, seq=1, epoch=1, state="running", eta_s=float("nan")))
+
+
+@pytest.mark.parametrize("cls", [p.Pause, p.Resume])
+def test_pause_and_resume_need_a_string_task(cls: type[Any]) -> None:
+    refuse(frames_of(cls, {"req": 1}), "task")
+    refuse(frames_of(cls, {"req": 1, "task": 7}), "wrong type")
+    refuse(frames_of(cls, {"req": 1, "task": "x"}, b"{}"), "at most 3 frames")
+    assert p.decode(frames_of(cls, {"req": 1, "task": "x"})) == cls(req=1, task="x")
