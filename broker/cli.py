@@ -1,4 +1,4 @@
-"""The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats."""
+"""The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats, pause…"""
 
 from __future__ import annotations
 
@@ -105,7 +105,15 @@ def _parser() -> argparse.ArgumentParser:
         cmd = _command(commands, name, helptext, run)
         cmd.add_argument("job_id")
         cmd.add_argument("--json", action="store_true", help="print JSON")
-    for cmd in (submit, stats, *[commands.choices[name] for name in ("status", "cancel")]):
+    for name, helptext, run in (
+        ("pause", "stop dispatching a task's jobs (they stay queued)", _pause),
+        ("resume", "dispatch a paused task's jobs again", _pause),
+    ):
+        cmd = _command(commands, name, helptext, run)
+        cmd.add_argument("task")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(pausing=name == "pause")
+    for cmd in (submit, stats, *[commands.choices[name] for name in ("status", "cancel", "pause", "resume")]):
         cmd.add_argument(
             "--curve-server",
             default=None,
@@ -209,6 +217,18 @@ def _status(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_job(client.cancel(args.job_id), args.json)
+    return EXIT_OK
+
+
+def _pause(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.pause(args.task) if args.pausing else client.resume(args.task)
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        state = "paused" if args.pausing else "resumed"
+        paused = ", ".join(reply["paused"]) or "none"
+        print(f"{args.task} {state} ({reply['queued']} queued); paused tasks: {paused}")
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncJob
 from broker.jobs import FINAL_STATES
-from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.replies import EventFollower, counters, final_result, job_view, published_event, submit_message
 from broker.security import ClientKeys, client_keys, configure_client
 
 __all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
@@ -137,6 +137,14 @@ class Client:
             job_view(reply)  # raises the broker's error
             raise TypeError("unexpected reply to STATS")
         return reply.stats
+
+    def pause(self, task: str) -> dict[str, Any]:
+        """Stop dispatching ``task``'s jobs (they stay queued); returns the paused tasks."""
+        return counters(self._call(p.Pause(req=next(self._reqs), task=task)))
+
+    def resume(self, task: str) -> dict[str, Any]:
+        """Dispatch a paused task's jobs again; returns the paused tasks."""
+        return counters(self._call(p.Resume(req=next(self._reqs), task=task)))
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
