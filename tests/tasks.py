@@ -129,12 +129,3 @@ def one_at_a_time(job: Job, path: str, i: int = 0, seconds: float = 0.2) -> int:
     _append(path, f"{job.id} {job.attempt} {os.getpid()} end")
     return i
 
-
-@task("every_half_second", every=0.5)
-def every_half_second(job: Job) -> None:
-    """Periodic: ledger lines in ``$JOBCAST_TEST_LEDGER`` around 0.7 s, longer than its period."""
-    path = os.environ.get("JOBCAST_TEST_LEDGER")
-    if path:
-        _append(path, f"{job.id} {job.attempt} {os.getpid()} start")
-        time.sleep(0.7)
-        _append(path, f"{job.id} {job.attempt} {os.getpid()} end")

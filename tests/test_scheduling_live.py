@@ -62,7 +62,7 @@ def test_periodic_task_runs_once_per_period_across_pools_never_overlapping(
     began = time.monotonic()
     start_broker()
     for _ in range(3):  # three pools advertise the schedule: still one run per period
-        start_workers(1)
+        start_workers(1, "--tasks", "periodic_tasks")
     wait_for(lambda: sum(line[3] == "end" for line in ledger_lines(ledger)) >= 3, timeout_s=20)
     with Client(base_url, timeout_s=10) as client:
         submitted = client.stats()["submitted"]
