@@ -20,6 +20,7 @@ from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
 from broker.replies import (
     EventFollower,
+    counters,
     final_result,
     job_list,
     job_view,
@@ -157,6 +158,14 @@ class AsyncClient:
             job_view(reply)
             raise TypeError("unexpected reply to STATS")
         return reply.stats
+
+    async def pause(self, task: str) -> dict[str, Any]:
+        """Stop dispatching ``task``'s jobs (they stay queued); returns the paused tasks."""
+        return counters(await self._call(p.Pause(req=next(self._reqs), task=task)))
+
+    async def resume(self, task: str) -> dict[str, Any]:
+        """Dispatch a paused task's jobs again; returns the paused tasks."""
+        return counters(await self._call(p.Resume(req=next(self._reqs), task=task)))
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""

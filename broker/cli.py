@@ -1,5 +1,5 @@
 """The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats,
-failed, retry."""
+failed, retry, pause, resume."""
 
 from __future__ import annotations
 
@@ -113,8 +113,16 @@ def _parser() -> argparse.ArgumentParser:
         cmd = _command(commands, name, helptext, run)
         cmd.add_argument("job_id")
         cmd.add_argument("--json", action="store_true", help="print JSON")
-    by_id = [commands.choices[name] for name in ("status", "cancel", "retry")]
-    for cmd in (submit, stats, failed, *by_id):
+    for name, helptext, run in (
+        ("pause", "stop dispatching a task's jobs (they stay queued)", _pause),
+        ("resume", "dispatch a paused task's jobs again", _pause),
+    ):
+        cmd = _command(commands, name, helptext, run)
+        cmd.add_argument("task")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(pausing=name == "pause")
+    to_broker = [commands.choices[name] for name in ("status", "cancel", "retry", "pause", "resume")]
+    for cmd in (submit, stats, failed, *to_broker):
         cmd.add_argument(
             "--curve-server",
             default=None,
@@ -245,6 +253,18 @@ def _failed(args: argparse.Namespace) -> int:
     else:
         for view in views:
             print(failure_line(view))
+    return EXIT_OK
+
+
+def _pause(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.pause(args.task) if args.pausing else client.resume(args.task)
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        state = "paused" if args.pausing else "resumed"
+        paused = ", ".join(reply["paused"]) or "none"
+        print(f"{args.task} {state} ({reply['queued']} queued); paused tasks: {paused}")
     return EXIT_OK
 
 

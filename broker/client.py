@@ -23,6 +23,7 @@ from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
 from broker.replies import (
     EventFollower,
+    counters,
     final_result,
     job_list,
     job_view,
@@ -184,6 +185,14 @@ class Client:
             job_view(reply)  # raises the broker's error
             raise TypeError("unexpected reply to STATS")
         return reply.stats
+
+    def pause(self, task: str) -> dict[str, Any]:
+        """Stop dispatching ``task``'s jobs (they stay queued); returns the paused tasks."""
+        return counters(self._call(p.Pause(req=next(self._reqs), task=task)))
+
+    def resume(self, task: str) -> dict[str, Any]:
+        """Dispatch a paused task's jobs again; returns the paused tasks."""
+        return counters(self._call(p.Resume(req=next(self._reqs), task=task)))
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""

@@ -26,6 +26,7 @@ from broker.progress import EtaEstimator
 from broker.retry import resubmission, retry_spec
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
+from broker.task_controls import TaskControls
 from broker.workforce import WorkerSlot, Workforce, restrict_ready
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class BrokerProtocol:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.metrics = Metrics()
         self.storage_error: str | None = None  # set by the shell while the data dir is full
+        self.controls = TaskControls(self.queue, self.workers, self.jobs)  # limits, pauses, places
 
     # --- the shell's interface ---------------------------------------------------------
 
@@ -103,11 +105,13 @@ class BrokerProtocol:
             case p.Submit():
                 self._submit(peer, msg, now)
             case p.Status():
-                self._reply_job(peer, msg.req, msg.id)
+                self._reply_job(peer, msg.req, msg.id, now)
             case p.Cancel():
                 self._cancel(peer, msg, now)
             case p.Wait():
-                self._wait(peer, msg)
+                self._wait(peer, msg, now)
+            case p.Pause() | p.Resume():
+                self._pause(peer, msg, now)
             case p.Stats():
                 figures = self.metrics_json() if msg.metrics else None
                 self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats(), metrics=figures))
@@ -178,7 +182,7 @@ class BrokerProtocol:
         self.subscriptions.change(topic, subscribed)
         job = self.jobs.get(topic.decode("ascii", "replace")) if subscribed else None
         if job is not None:
-            self.out.publish(job, now, stamp=False)
+            self.out.publish(job, now, stamp=self.controls.place(job, self._wall(now)))
 
     def worker_unreachable(self, peer: bytes, now: float) -> None:
         """The shell could not deliver to a worker: it is gone; re-queue its job."""
@@ -198,12 +202,16 @@ class BrokerProtocol:
             self._send_worker(peer, p.Heartbeat(), now)
         if self.queue.promote_due(self._wall(now)) or lost:
             self._dispatch(now)
+        self._run_periodic(now)
+        for job in self.controls.moved_places(self.subscriptions.exact, now, self._wall(now)):
+            self.out.publish(job, now)
 
     def next_deadline(self) -> float:
         """The monotonic time at which ``tick`` next has work, at most a second away."""
         due = self.queue.next_due()
         delayed = float("inf") if due is None else due - self.wall_offset_s
-        return min(self.workers.next_deadline(), delayed)
+        controls = self.controls.next_deadline(bool(self.subscriptions.exact), self.wall_offset_s)
+        return min(self.workers.next_deadline(), delayed, controls)
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, workers and counters."""
@@ -216,6 +224,7 @@ class BrokerProtocol:
             "idle_workers": self.workers.idle_count(),
             "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),
             "tasks": sorted(self.defaults.tasks()),
+            **self.controls.stats(),
             **self.counters,
         }
 
@@ -266,16 +275,18 @@ class BrokerProtocol:
         self.counters["coalesced"] += 1
         self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
 
-    def _create(self, peer: bytes, req: int, sub: Submission, now: float) -> None:
+    def _create(self, peer: bytes | None, req: int, sub: Submission, now: float) -> None:
         job = sub.to_job(self.new_id(), self._wall(now))
         self.defaults.resolve(job)
         self.jobs[job.id] = job
         self.by_key[job.cache_key] = job.id
         self.counters["submitted"] += 1
+        self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self.controls.place(job, self._wall(now))
         self.out.journal(job)
         self.out.publish(job, now)
-        self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
-        self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        if peer is not None:  # None: a periodic run
+            self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
         logger.debug("job %s queued (%s)", job.id, job.task)
         self._dispatch(now)
 
@@ -295,8 +306,25 @@ class BrokerProtocol:
             self.by_key.setdefault(job.cache_key, job.id)
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
 
-    def _reply_job(self, peer: bytes, req: int, job_id: str) -> None:
+    def restore_meta(self, meta: dict[str, Any]) -> None:
+        """Load the paused tasks and periodic last runs replayed from the journal."""
+        self.controls.restore(meta)
+
+    def _run_periodic(self, now: float) -> None:
+        """Submit one run (empty args, ttl 0) of each periodic task due, unless one is live."""
+        for task, record in self.controls.periodic_due(self._wall(now)):
+            self.out.journal_meta(record)
+            msg = p.Submit(req=0, task=task, args=b"{}", ttl_s=0.0, force=True)
+            sub = prepare_submission(msg, self._wall(now), self.defaults, have_workers=False)
+            if sub.cache_key in self.by_key or self.storage_error or len(self.by_key) >= self.max_live_jobs:
+                logger.info("periodic %s: skipped (a run is still live, or no room)", task)
+            else:
+                self._create(None, 0, sub, now)
+
+    def _reply_job(self, peer: bytes, req: int, job_id: str, now: float) -> None:
         job = self.jobs.get(job_id)
+        if job is not None and self.controls.place(job, self._wall(now)):
+            self.out.publish(job, now)  # its place moved: watchers hear it too
         if job is not None:
             self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
             return
@@ -315,7 +343,7 @@ class BrokerProtocol:
             if worker is not None:
                 self._send_worker(worker, p.Stop(id=job.id, attempt=job.attempts), now)
             self._finish(job, State.CANCELLED, now, error=None)
-        self._reply_job(peer, msg.req, msg.id)
+        self._reply_job(peer, msg.req, msg.id, now)
 
     def _list(self, peer: bytes, msg: p.ListJobs) -> None:
         try:
@@ -337,12 +365,26 @@ class BrokerProtocol:
         logger.info("job %s retried (%s)", msg.id, answer.task)
         self._submit(peer, answer, now)
 
-    def _wait(self, peer: bytes, msg: p.Wait) -> None:
+    def _wait(self, peer: bytes, msg: p.Wait, now: float) -> None:
         job = self.jobs.get(msg.id)
         if job is None or job.is_final:
-            self._reply_job(peer, msg.req, msg.id)
+            self._reply_job(peer, msg.req, msg.id, now)
             return
         self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
+
+    def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
+        if self.storage_error is not None:
+            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
+            return
+        try:
+            self.out.journal_meta(self.controls.pause(msg.task, isinstance(msg, p.Pause)))
+        except BadArguments as exc:
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
+            return
+        logger.info("task %s %s", msg.task, "paused" if isinstance(msg, p.Pause) else "resumed")
+        stats = {"task": msg.task, "queued": self.queue.ready_count(msg.task), **self.controls.stats()}
+        self.out.to_client(peer, p.Counters(req=msg.req, stats=stats))
+        self._dispatch(now)
 
     # --- workers -------------------------------------------------------------------------
 
@@ -360,6 +402,7 @@ class BrokerProtocol:
             self._worker_gone(previous, now, reason="worker re-registered", lost=False)
         self.workers.join(peer, msg, now)
         self.defaults.learn(msg.tasks, msg.options or {})
+        self.controls.learn(msg.tasks, msg.options or {}, self._wall(now))
         logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
@@ -413,6 +456,7 @@ class BrokerProtocol:
             # back from a partition: its old attempt ended; take it once if not re-run yet
             if job is not None and job.state is State.QUEUED and job.attempts == attempt:
                 job.move_to(State.RUNNING)
+                self.controls.started(job)
                 self.workers.take(slot, job.id)
             else:
                 self.workers.release(slot)
@@ -442,15 +486,17 @@ class BrokerProtocol:
     def _requeue(self, job: Job, now: float, delay_s: float) -> None:
         job.move_to(State.QUEUED)
         job.worker = None
+        self.controls.stopped(job)
         job.run_at = self._wall(now) + delay_s
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self.controls.place(job, self._wall(now))
         self.out.journal(job)
         logger.debug("job %s running → queued (attempt %s)", job.id, job.attempts)
         self.out.publish(job, now)
 
     def _dispatch(self, now: float) -> None:
         for slot in self.workers.idle_in_order():
-            job_id = self.queue.pop_for(slot.tasks, self._is_queued)
+            job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
 
@@ -468,6 +514,7 @@ class BrokerProtocol:
         self.metrics.started(job)
         job.eta_s = None
         self.etas.pop(job.id, None)
+        self.controls.started(job)
         self.out.journal(job)
         assign = p.Assign(
             id=job.id, task=job.task, attempt=job.attempts, args=job.args, timeout_s=job.timeout_s
@@ -489,6 +536,7 @@ class BrokerProtocol:
         if self.by_key.get(job.cache_key) == job.id:
             del self.by_key[job.cache_key]
         self.etas.pop(job.id, None)
+        self.controls.stopped(job)
         self.out.journal_end(job)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
         job.seq += 1  # the final seq first, so the stored view and the event agree

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from broker import protocol as p
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
@@ -47,6 +48,7 @@ class Outbox:
             id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state), done=job.done,
             total=job.total, message=job.message, eta_s=job.eta_s,
             ts=round(now + self.wall_offset_s, 3), attempts=job.attempts, error=job.error,
+            extra=job.extra or None,
         )  # fmt: skip
 
     def publish(self, job: Job, now: float, *, stamp: bool = True) -> None:
@@ -59,6 +61,10 @@ class Outbox:
     def journal(self, job: Job) -> None:
         """Record the live job's latest state in the journal."""
         self.effects.append(Journal({"op": "put", "job": job_record(job)}))
+
+    def journal_meta(self, record: dict[str, Any]) -> None:
+        """Record broker state other than a job (paused tasks, periodic runs)."""
+        self.effects.append(Journal(record))
 
     def journal_end(self, job: Job) -> None:
         """The job is final: drop it from the journal."""

@@ -10,9 +10,10 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
 
 Who sends what::
 
-    client → broker    SUBMIT STATUS CANCEL WAIT STATS LIST RETRY
+    client → broker    SUBMIT STATUS CANCEL WAIT STATS LIST RETRY PAUSE RESUME
     broker → client    JOB (a job snapshot, result as payload) ERROR
-                       COUNTERS (per-task metrics JSON as payload when STATS asked for them)
+                       COUNTERS (per-task metrics JSON as payload when STATS asked for them;
+                                 also the reply to PAUSE and RESUME)
                        JOBS (reply to LIST: a JSON array of job views as payload)
     worker → broker    READY HEARTBEAT DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
@@ -51,6 +52,8 @@ class Command(bytes, Enum):
     CANCEL = b"CANCEL"
     WAIT = b"WAIT"
     STATS = b"STATS"
+    PAUSE = b"PAUSE"
+    RESUME = b"RESUME"
     JOB = b"JOB"
     COUNTERS = b"COUNTERS"
     ERROR = b"ERROR"
@@ -147,6 +150,22 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """Stop dispatching a task's jobs (they stay queued; submits are still accepted)."""
+
+    req: int
+    task: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Dispatch a paused task's jobs again."""
+
+    req: int
+    task: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """A job's current state; ``result`` is its JSON result bytes once done."""
 
@@ -157,7 +176,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Counters:
-    """The broker's figures, in reply to ``Stats``; ``metrics`` is JSON (payload) if asked."""
+    """The broker's figures, in reply to ``Stats`` (``metrics``: JSON payload, if asked) and
+    to ``Pause``/``Resume``."""
 
     req: int
     stats: dict[str, Any]
@@ -283,6 +303,8 @@ Message: TypeAlias = (
     | Cancel
     | Wait
     | Stats
+    | Pause
+    | Resume
     | Snapshot
     | Counters
     | Error
@@ -302,7 +324,8 @@ Message: TypeAlias = (
 
 COMMAND_OF: Final[dict[type[Any], Command]] = {
     Submit: Command.SUBMIT, Status: Command.STATUS, Cancel: Command.CANCEL,
-    Wait: Command.WAIT, Stats: Command.STATS, Snapshot: Command.JOB,
+    Wait: Command.WAIT, Stats: Command.STATS, Pause: Command.PAUSE, Resume: Command.RESUME,
+    Snapshot: Command.JOB,
     Counters: Command.COUNTERS, Error: Command.ERROR, Ready: Command.READY,
     Heartbeat: Command.HEARTBEAT, Assign: Command.ASSIGN, Done: Command.DONE,
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,

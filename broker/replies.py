@@ -84,6 +84,14 @@ def metrics_view(reply: p.Message) -> dict[str, Any]:
     return {**figures, "stats": reply.stats}
 
 
+def counters(reply: p.Message) -> dict[str, Any]:
+    """The figures of a ``Counters`` reply (raises the broker's error otherwise)."""
+    if isinstance(reply, p.Counters):
+        return reply.stats
+    job_view(reply)  # raises the broker's error
+    raise ProtocolError(f"expected figures, got {type(reply).__name__}")
+
+
 def final_result(view: dict[str, Any]) -> Any:
     """The result of a finished job, or the exception its final state means."""
     match view["state"]:

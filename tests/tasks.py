@@ -119,3 +119,13 @@ def stubborn(job: Job, path: str, seconds: float = 30.0) -> None:
                 swallowed = True
                 _append(path, f"{job.id} {job.attempt} {os.getpid()} swallowed")
     _append(path, f"{job.id} {job.attempt} {os.getpid()} end")
+
+
+@task("one_at_a_time", concurrency=1)
+def one_at_a_time(job: Job, path: str, i: int = 0, seconds: float = 0.2) -> int:
+    """Ledger lines ``job_id attempt pid start|end`` around a sleep; at most one runs at once."""
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} start")
+    time.sleep(seconds)
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} end")
+    return i
+

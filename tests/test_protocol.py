@@ -20,6 +20,8 @@ SAMPLES: list[p.Message] = [
     p.Cancel(req=3, id=JOB_ID),
     p.Wait(req=4, id=JOB_ID),
     p.Stats(req=5),
+    p.Pause(req=10, task="report"),
+    p.Resume(req=11, task="report"),
     p.Snapshot(req=6, job={"id": JOB_ID, "state": "done", "done": 3, "total": 3},
                result=b'{"rows":[1,2,3]}'),
     p.Counters(req=7, stats={"queued": 2, "workers": 1, "tasks": ["echo"]}, metrics=b'{"tasks":{}}'),
@@ -281,3 +283,9 @@ def test_rejects_oversized_job_list_payload() -> None:
 
 def test_rejects_retry_without_an_id() -> None:
     refuse(frames_of(p.Retry, {"req": 1}), r"Retry: .*missing .*'id'")
+@pytest.mark.parametrize("cls", [p.Pause, p.Resume])
+def test_pause_and_resume_need_a_string_task(cls: type[Any]) -> None:
+    refuse(frames_of(cls, {"req": 1}), "task")
+    refuse(frames_of(cls, {"req": 1, "task": 7}), "wrong type")
+    refuse(frames_of(cls, {"req": 1, "task": "x"}, b"{}"), "at most 3 frames")
+    assert p.decode(frames_of(cls, {"req": 1, "task": "x"})) == cls(req=1, task="x")

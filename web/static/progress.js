@@ -14,7 +14,8 @@
  * bar created after the page loaded.
  *
  * Protocol: WS {base}api/jobs/{id}/events?after=SEQ sends a snapshot, then events
- * ({seq, state, done, total, message, eta_s, error}), and closes after a final state.
+ * ({seq, state, done, total, message, eta_s, error}, plus position and starts_in_s while
+ * queued: "3rd in line, starts in ~40 s"), and closes after a final state.
  * On a lost connection the bar says "reconnecting", waits (0.5 s, growing 1.5x to at most
  * 3 s, with jitter) and reconnects with after=<last seq>, so it misses no state and repeats
  * none. The cap is short on purpose: a restarted server is picked up within a few seconds.
@@ -47,6 +48,34 @@
     if (seconds < 60) return "about " + Math.max(1, Math.round(seconds)) + " s left";
     if (seconds < 3600) return "about " + Math.round(seconds / 60) + " min left";
     return "about " + (seconds / 3600).toFixed(1) + " h left";
+  }
+
+  function ordinal(n) {
+    var tens = n % 100, suffix = "th";
+    if (tens < 11 || tens > 13) suffix = { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return n + suffix;
+  }
+
+  function formatStart(seconds) {
+    if (typeof seconds !== "number" || !isFinite(seconds) || seconds < 0) return "";
+    if (seconds < 1) return "starts any moment";
+    if (seconds < 60) return "starts in ~" + Math.round(seconds) + " s";
+    if (seconds < 3600) return "starts in ~" + Math.round(seconds / 60) + " min";
+    return "starts in ~" + (seconds / 3600).toFixed(1) + " h";
+  }
+
+  /* "3rd in line, starts in ~40 s" for a queued job; "" otherwise. */
+  function formatPlace(message) {
+    if (message.state !== "queued") return "";
+    var parts = [];
+    if (typeof message.position === "number" && message.position >= 1) {
+      parts.push(message.position === 1 ? "Next in line" : ordinal(message.position) + " in line");
+    } else if (typeof message.starts_in_s === "number") {
+      parts.push("Scheduled");
+    }
+    var start = formatStart(message.starts_in_s);
+    if (start) parts.push(start);
+    return parts.join(", ");
   }
 
   function make(tag, className, parent) {
@@ -84,6 +113,7 @@
     this.bar.setAttribute("aria-valuemax", "100");
     this.bar.setAttribute("aria-valuenow", "0");
     this.fill = make("div", "jobcast-fill", this.bar);
+    this.placeEl = make("p", "jobcast-place", root);
     this.messageEl = make("p", "jobcast-message", root);
     this.messageEl.setAttribute("aria-live", "polite");
     this.connectionEl = make("p", "jobcast-connection", root);
@@ -172,6 +202,7 @@
     this.stateEl.textContent = LABELS[message.state] || String(message.state);
     this.countEl.textContent = total > 0 ? done + " / " + total : "";
     this.etaEl.textContent = message.state === "running" ? formatEta(message.eta_s) : "";
+    this.placeEl.textContent = formatPlace(message);
     this.messageEl.textContent = typeof message.message === "string" ? message.message : "";
     this.emit("jobcast:update", message);
     if (FINAL[message.state]) this.finish(message);
@@ -241,7 +272,7 @@
     for (var i = 0; i < elements.length; i += 1) attach(elements[i]);
   }
 
-  window.jobcast = { attach: attach, attachAll: attachAll, safeNext: safeNext };
+  window.jobcast = { attach: attach, attachAll: attachAll, safeNext: safeNext, formatPlace: formatPlace };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", attachAll);
   } else {
