@@ -6,13 +6,15 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
     published  = topic "JC01" COMMAND header         ; topic = the job id
     COMMAND    = short ASCII word, see ``Command``
     header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
-    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound
+    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound;
+                 GROUP's payload is a JSON array of args objects, a group snapshot's the
+                 children rows
 
 Who sends what::
 
-    client → broker    SUBMIT STATUS CANCEL WAIT STATS
-    broker → client    JOB (a job snapshot, result as payload) COUNTERS ERROR
-    worker → broker    READY HEARTBEAT DONE FAILED BYE
+    client → broker    SUBMIT GROUP STATUS CANCEL WAIT STATS
+    broker → client    JOB (a job or group snapshot, result as payload) COUNTERS ERROR
+    worker → broker    READY HEARTBEAT LOG DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id)
@@ -48,11 +50,13 @@ class Command(bytes, Enum):
     CANCEL = b"CANCEL"
     WAIT = b"WAIT"
     STATS = b"STATS"
+    GROUP = b"GROUP"
     JOB = b"JOB"
     COUNTERS = b"COUNTERS"
     ERROR = b"ERROR"
     READY = b"READY"
     HEARTBEAT = b"HEARTBEAT"
+    LOG = b"LOG"
     ASSIGN = b"ASSIGN"
     DONE = b"DONE"
     FAILED = b"FAILED"
@@ -68,6 +72,23 @@ class Command(bytes, Enum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Submit:
     """Queue a job (or join the running one with the same cache key)."""
+
+    req: int
+    task: str
+    args: bytes
+    ttl_s: float | None = None
+    force: bool = False
+    priority: str = "normal"
+    delay_s: float = 0.0
+    run_at: float | None = None
+    scope: str = ""
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitGroup:
+    """Submit one job per args object as one group (``args``: a JSON array of objects)."""
 
     req: int
     task: str
@@ -164,6 +185,15 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Log:
+    """Lines a running attempt logged with ``job.log(text)``, in order (sent before Done)."""
+
+    id: str
+    attempt: int
+    lines: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Assign:
     """The broker hands a job attempt to an idle worker."""
 
@@ -245,6 +275,7 @@ class Event:
 
 Message: TypeAlias = (
     Submit
+    | SubmitGroup
     | Status
     | Cancel
     | Wait
@@ -254,6 +285,7 @@ Message: TypeAlias = (
     | Error
     | Ready
     | Heartbeat
+    | Log
     | Assign
     | Done
     | Failed
@@ -269,18 +301,20 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
     Counters: Command.COUNTERS, Error: Command.ERROR, Ready: Command.READY,
     Heartbeat: Command.HEARTBEAT, Assign: Command.ASSIGN, Done: Command.DONE,
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
-    Progress: Command.PROGRESS, Event: Command.EVENT,
+    Progress: Command.PROGRESS, Event: Command.EVENT, SubmitGroup: Command.GROUP,
+    Log: Command.LOG,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})
 PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Submit: "args",
+    SubmitGroup: "args",
     Assign: "args",
     Done: "result",
     Snapshot: "result",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
-    Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
+    Submit: MAX_ARGS_BYTES, SubmitGroup: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
     Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES,
 }  # fmt: skip
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
