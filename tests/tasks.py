@@ -122,8 +122,11 @@ def stubborn(job: Job, path: str, seconds: float = 30.0) -> None:
 
 
 @task("chatty", max_attempts=1)
-def chatty(job: Job, lines: int = 5, seconds: float = 0.0, fail: bool = False) -> dict[str, Any]:
-    """Log ``lines`` numbered lines (with progress), then return or fail."""
+def chatty(job: Job, lines: int = 5, seconds: float = 0.0, fail: bool = False,
+           say: str = "") -> dict[str, Any]:  # fmt: skip
+    """Log ``say`` (if given) and ``lines`` numbered lines (with progress), then return or fail."""
+    if say:
+        job.log(say)
     for i in range(1, lines + 1):
         job.log(f"line {i} <b>&amp;</b>")
         job.progress(i, lines, f"logged {i}")
