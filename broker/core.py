@@ -17,7 +17,7 @@ from broker import joblog
 from broker import protocol as p
 from broker.effects import Effect
 from broker.errors import BadArguments, ProtocolError
-from broker.group_desk import GroupDesk, child_submits
+from broker.group_desk import GroupDesk, check_group
 from broker.jobs import Job, State, job_from_record, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
 from broker.outbox import Outbox
@@ -222,7 +222,8 @@ class BrokerProtocol:
         self._dispatch(now)
 
     def _submit_group(self, peer: bytes, msg: p.SubmitGroup, now: float) -> None:
-        checked = self._check_group(msg, now)
+        room = self.max_live_jobs - len(self.by_key)
+        checked = check_group(msg, lambda child: self._check_submit(child, now), room)
         if isinstance(checked, p.Error):
             self.out.to_client(peer, checked)
             return
@@ -233,22 +234,6 @@ class BrokerProtocol:
                 views.append(reply.job)
         self.out.to_client(peer, self.groups.create(msg.req, self.new_id(), msg.task, views, now))
         self._dispatch(now)
-
-    def _check_group(self, msg: p.SubmitGroup, now: float) -> list[Submission] | p.Error:
-        """Every child is checked before any is admitted: one bad child refuses the group."""
-        try:
-            children = child_submits(msg)
-        except BadArguments as exc:
-            return p.Error(req=msg.req, code="bad_args", message=str(exc))
-        checked = []
-        for index, child in enumerate(children):
-            sub = self._check_submit(child, now)
-            if isinstance(sub, p.Error):
-                return p.Error(req=msg.req, code=sub.code, message=f"job {index}: {sub.message}")
-            checked.append(sub)
-        if len(self.by_key) + len(checked) > self.max_live_jobs:
-            return self._queue_full(msg.req)
-        return checked
 
     def _check_submit(self, msg: p.Submit, now: float) -> Submission | p.Error:
         if self.storage_error is not None:  # nothing could be journaled: refuse, keep serving reads

@@ -29,6 +29,7 @@ from broker.groups import MAX_GROUP_SIZE, Child, Group, GroupIndex
 from broker.jobs import DEFAULT_TTL_S, Job, parse_args
 from broker.lifecycle import retention_s
 from broker.outbox import Outbox
+from broker.submission import Submission
 
 GROUP_RETENTION_S: Final = retention_s(DEFAULT_TTL_S)
 SEQ_EPOCH_SHIFT: Final = 32
@@ -50,6 +51,29 @@ def child_submits(msg: p.SubmitGroup) -> list[p.Submit]:
     options = {name: getattr(msg, name) for name in _OPTIONS}
     return [p.Submit(req=msg.req, task=msg.task, args=_args_bytes(item, index), **options)
             for index, item in enumerate(items)]  # fmt: skip
+
+
+def check_group(
+    msg: p.SubmitGroup, check: Callable[[p.Submit], Submission | p.Error], room: int
+) -> list[Submission] | p.Error:
+    """Every child checked (``check``) before any is admitted: one bad child refuses the group.
+
+    ``room`` is how many more jobs may be queued; a group that does not fit is refused whole.
+    """
+    try:
+        children = child_submits(msg)
+    except BadArguments as exc:
+        return p.Error(req=msg.req, code="bad_args", message=str(exc))
+    checked = []
+    for index, child in enumerate(children):
+        sub = check(child)
+        if isinstance(sub, p.Error):
+            return p.Error(req=msg.req, code=sub.code, message=f"job {index}: {sub.message}")
+        checked.append(sub)
+    if len(checked) > room:
+        message = f"the queue has room for {max(room, 0)} more jobs, not {len(checked)}; retry later"
+        return p.Error(req=msg.req, code="queue_full", message=message)
+    return checked
 
 
 _OPTIONS: Final = ("ttl_s", "force", "priority", "delay_s", "run_at", "scope", "max_attempts", "timeout_s")
