@@ -164,3 +164,13 @@ def test_a_restarted_broker_rebuilds_live_groups_from_the_journal() -> None:
     assert status.job["kind"] == "group" and status.job["state"] == "queued"
     assert status.job["seq"] > 2 << 32  # seq stays monotonic across incarnations
     assert len(json.loads(status.result)) == 2
+
+
+def test_a_group_that_does_not_fit_the_queue_is_refused_whole() -> None:
+    h = Harness()
+    h.core.max_live_jobs = 3
+    h.submit_id(C1, 0.0, args={"n": 0})
+    error = assert_sent(submit_group(h, C1, [{"n": 1}, {"n": 2}, {"n": 3}], 0.1), C1, p.Error)
+    assert error.code == "queue_full" and "room for 2 more jobs, not 3" in error.message
+    assert len(h.core.jobs) == 1
+    assert_sent(submit_group(h, C2, [{"n": 1}, {"n": 2}], 0.2), C2, p.Snapshot)
