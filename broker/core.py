@@ -14,9 +14,11 @@ import logging
 from collections import OrderedDict
 from typing import Any, Final, Protocol
 
+from broker import joblog
 from broker import protocol as p
 from broker.effects import Effect
 from broker.errors import BadArguments, ProtocolError
+from broker.group_desk import GroupDesk, check_group
 from broker.jobs import Job, State, job_from_record, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
 from broker.listing import check_filters, encode_views, select_jobs
@@ -87,6 +89,8 @@ class BrokerProtocol:
         self.metrics = Metrics()
         self.storage_error: str | None = None  # set by the shell while the data dir is full
         self.controls = TaskControls(self.queue, self.workers, self.jobs)  # limits, pauses, places
+        self.groups = GroupDesk(self.out, results.job)
+        self.out.listeners.append(self.groups.on_job)
 
     # --- the shell's interface ---------------------------------------------------------
 
@@ -104,6 +108,8 @@ class BrokerProtocol:
         match msg:
             case p.Submit():
                 self._submit(peer, msg, now)
+            case p.SubmitGroup():
+                self._submit_group(peer, msg, now)
             case p.Status():
                 self._reply_job(peer, msg.req, msg.id, now)
             case p.Cancel():
@@ -143,6 +149,8 @@ class BrokerProtocol:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
             case p.Heartbeat():
                 return  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
+            case p.Log():
+                self._worker_log(peer, msg, now)
             case p.Done():
                 self._worker_done(peer, msg, now)
             case p.Failed():
@@ -183,6 +191,8 @@ class BrokerProtocol:
         job = self.jobs.get(topic.decode("ascii", "replace")) if subscribed else None
         if job is not None:
             self.out.publish(job, now, stamp=self.controls.place(job, self._wall(now)))
+        elif subscribed:
+            self.groups.republish(topic.decode("ascii", "replace"), now)
 
     def worker_unreachable(self, peer: bytes, now: float) -> None:
         """The shell could not deliver to a worker: it is gone; re-queue its job."""
@@ -236,46 +246,66 @@ class BrokerProtocol:
     # --- client requests ---------------------------------------------------------------
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
-        if self.storage_error is not None:  # nothing could be journaled: refuse, keep serving reads
-            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
+        checked = self._check_submit(msg, now)
+        self.out.to_client(peer, checked if isinstance(checked, p.Error) else self._admit(checked, now))
+        self._dispatch(now)
+
+    def _submit_group(self, peer: bytes, msg: p.SubmitGroup, now: float) -> None:
+        room = self.max_live_jobs - len(self.by_key)
+        checked = check_group(msg, lambda child: self._check_submit(child, now), room)
+        if isinstance(checked, p.Error):
+            self.out.to_client(peer, checked)
             return
+        views = []
+        for sub in checked:
+            reply = self._admit(sub, now, limit=False)  # the capacity was checked for all
+            if isinstance(reply, p.Snapshot):
+                views.append(reply.job)
+        self.out.to_client(peer, self.groups.create(msg.req, self.new_id(), msg.task, views, now))
+        self._dispatch(now)
+
+    def _check_submit(self, msg: p.Submit, now: float) -> Submission | p.Error:
+        if self.storage_error is not None:  # nothing could be journaled: refuse, keep serving reads
+            return p.Error(req=msg.req, code="storage_full", message=self.storage_error)
         try:
-            sub = prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
+            return prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
         except BadArguments as exc:
             code = "too_large" if type(exc).__name__ == "PayloadTooLarge" else "bad_args"
-            self.out.to_client(peer, p.Error(req=msg.req, code=code, message=str(exc)))
-            return
+            return p.Error(req=msg.req, code=code, message=str(exc))
         except LookupError as exc:
-            self.out.to_client(peer, p.Error(req=msg.req, code="unknown_task", message=str(exc)))
-            return
-        if not msg.force and self._reply_cached(peer, msg.req, sub.cache_key):
-            return
+            return p.Error(req=msg.req, code="unknown_task", message=str(exc))
+
+    def _admit(self, sub: Submission, now: float, *, limit: bool = True) -> p.Snapshot | p.Error:
+        """The cached result, the identical running job, or a new queued one."""
+        cached = None if sub.msg.force else self._cached(sub.msg.req, sub.cache_key)
+        if cached is not None:
+            return cached
         running_id = self.by_key.get(sub.cache_key)
         if running_id is not None:
-            self._join(peer, msg.req, self.jobs[running_id])
-            return
-        if len(self.by_key) >= self.max_live_jobs:  # by_key holds every queued or running job
-            message = f"the queue is full ({self.max_live_jobs} jobs queued or running); retry later"
-            self.out.to_client(peer, p.Error(req=msg.req, code="queue_full", message=message))
-            return
-        self._create(peer, msg.req, sub, now)
+            return self._join(sub.msg.req, self.jobs[running_id])
+        if limit and len(self.by_key) >= self.max_live_jobs:  # by_key: every queued or running job
+            return self._queue_full(sub.msg.req)
+        return self._create(sub, now)
 
-    def _reply_cached(self, peer: bytes, req: int, key: str) -> bool:
+    def _queue_full(self, req: int = 0) -> p.Error:
+        message = f"the queue is full ({self.max_live_jobs} jobs queued or running); retry later"
+        return p.Error(req=req, code="queue_full", message=message)
+
+    def _cached(self, req: int, key: str) -> p.Snapshot | None:
         job_id = self.results.job_for_key(key)
         stored = self.results.job(job_id) if job_id else None
         if stored is None:
-            return False
+            return None
         view, result = stored
         self.counters["cache_hits"] += 1
-        self.out.to_client(peer, p.Snapshot(req=req, job={**view, "cached": True}, result=result))
-        return True
+        return p.Snapshot(req=req, job={**view, "cached": True}, result=result)
 
-    def _join(self, peer: bytes, req: int, job: Job) -> None:
+    def _join(self, req: int, job: Job) -> p.Snapshot:
         job.watchers += 1
         self.counters["coalesced"] += 1
-        self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
+        return p.Snapshot(req=req, job=job.view(self.epoch))
 
-    def _create(self, peer: bytes | None, req: int, sub: Submission, now: float) -> None:
+    def _create(self, sub: Submission, now: float) -> p.Snapshot:
         job = sub.to_job(self.new_id(), self._wall(now))
         self.defaults.resolve(job)
         self.jobs[job.id] = job
@@ -285,14 +315,13 @@ class BrokerProtocol:
         self.controls.place(job, self._wall(now))
         self.out.journal(job)
         self.out.publish(job, now)
-        if peer is not None:  # None: a periodic run
-            self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
         logger.debug("job %s queued (%s)", job.id, job.task)
-        self._dispatch(now)
+        return p.Snapshot(req=sub.msg.req, job=job.view(self.epoch))
 
     def restore(self, records: list[dict[str, Any]], now: float) -> None:
-        """Load live jobs replayed from the journal; those that were running are re-queued."""
-        for record in records:
+        """Load live jobs (then groups) from the journal; those that were running are re-queued."""
+        groups = [record for record in records if record.get("kind") == "group"]
+        for record in (record for record in records if record.get("kind") != "group"):
             job = job_from_record(record)
             if job.state is State.RUNNING:
                 job.state = State.QUEUED
@@ -305,6 +334,7 @@ class BrokerProtocol:
             self.jobs[job.id] = job
             self.by_key.setdefault(job.cache_key, job.id)
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self.groups.restore(groups, self.jobs, now)
 
     def restore_meta(self, meta: dict[str, Any]) -> None:
         """Load the paused tasks and periodic last runs replayed from the journal."""
@@ -319,7 +349,8 @@ class BrokerProtocol:
             if sub.cache_key in self.by_key or self.storage_error or len(self.by_key) >= self.max_live_jobs:
                 logger.info("periodic %s: skipped (a run is still live, or no room)", task)
             else:
-                self._create(None, 0, sub, now)
+                self._create(sub, now)
+                self._dispatch(now)
 
     def _reply_job(self, peer: bytes, req: int, job_id: str, now: float) -> None:
         job = self.jobs.get(job_id)
@@ -327,6 +358,10 @@ class BrokerProtocol:
             self.out.publish(job, now)  # its place moved: watchers hear it too
         if job is not None:
             self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
+            return
+        group = self.groups.snapshot(req, job_id)
+        if group is not None:
+            self.out.to_client(peer, group)
             return
         stored = self.results.job(job_id)
         if stored is None:
@@ -404,6 +439,20 @@ class BrokerProtocol:
         self.defaults.learn(msg.tasks, msg.options or {})
         self.controls.learn(msg.tasks, msg.options or {}, self._wall(now))
         logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
+
+    def _worker_log(self, peer: bytes, msg: p.Log, now: float) -> None:
+        slot, job = self.workers.get(peer), self.jobs.get(msg.id)
+        if (
+            slot is None
+            or slot.job_id != msg.id
+            or job is None
+            or job.attempts != msg.attempt
+            or job.is_final
+        ):
+            self.counters["stale_messages"] += 1
+            return
+        new = joblog.append(job.extra, msg.lines)
+        self.out.publish(job, now, extra=joblog.lines_event(job.extra, new))
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
         job = self._held_job(peer, msg.id, msg.attempt)

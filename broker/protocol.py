@@ -6,16 +6,18 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
     published  = topic "JC01" COMMAND header         ; topic = the job id
     COMMAND    = short ASCII word, see ``Command``
     header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
-    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound
+    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound;
+                 GROUP's payload is a JSON array of args objects, a group snapshot's the
+                 children rows
 
 Who sends what::
 
-    client → broker    SUBMIT STATUS CANCEL WAIT STATS LIST RETRY PAUSE RESUME
-    broker → client    JOB (a job snapshot, result as payload) ERROR
+    client → broker    SUBMIT GROUP STATUS CANCEL WAIT STATS LIST RETRY PAUSE RESUME
+    broker → client    JOB (a job or group snapshot, result as payload) ERROR
                        COUNTERS (per-task metrics JSON as payload when STATS asked for them;
                                  also the reply to PAUSE and RESUME)
                        JOBS (reply to LIST: a JSON array of job views as payload)
-    worker → broker    READY HEARTBEAT DONE FAILED BYE
+    worker → broker    READY HEARTBEAT LOG DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id)
@@ -54,11 +56,13 @@ class Command(bytes, Enum):
     STATS = b"STATS"
     PAUSE = b"PAUSE"
     RESUME = b"RESUME"
+    GROUP = b"GROUP"
     JOB = b"JOB"
     COUNTERS = b"COUNTERS"
     ERROR = b"ERROR"
     READY = b"READY"
     HEARTBEAT = b"HEARTBEAT"
+    LOG = b"LOG"
     ASSIGN = b"ASSIGN"
     DONE = b"DONE"
     FAILED = b"FAILED"
@@ -77,6 +81,23 @@ class Command(bytes, Enum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Submit:
     """Queue a job (or join the running one with the same cache key)."""
+
+    req: int
+    task: str
+    args: bytes
+    ttl_s: float | None = None
+    force: bool = False
+    priority: str = "normal"
+    delay_s: float = 0.0
+    run_at: float | None = None
+    scope: str = ""
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitGroup:
+    """Submit one job per args object as one group (``args``: a JSON array of objects)."""
 
     req: int
     task: str
@@ -218,6 +239,15 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Log:
+    """Lines a running attempt logged with ``job.log(text)``, in order (sent before Done)."""
+
+    id: str
+    attempt: int
+    lines: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Assign:
     """The broker hands a job attempt to an idle worker."""
 
@@ -299,6 +329,7 @@ class Event:
 
 Message: TypeAlias = (
     Submit
+    | SubmitGroup
     | Status
     | Cancel
     | Wait
@@ -310,6 +341,7 @@ Message: TypeAlias = (
     | Error
     | Ready
     | Heartbeat
+    | Log
     | Assign
     | Done
     | Failed
@@ -330,12 +362,14 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
     Heartbeat: Command.HEARTBEAT, Assign: Command.ASSIGN, Done: Command.DONE,
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
     Progress: Command.PROGRESS, Event: Command.EVENT, ListJobs: Command.LIST,
-    JobList: Command.JOBS, Retry: Command.RETRY,
+    JobList: Command.JOBS, Retry: Command.RETRY, SubmitGroup: Command.GROUP,
+    Log: Command.LOG,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})
 PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Submit: "args",
+    SubmitGroup: "args",
     Assign: "args",
     Done: "result",
     Snapshot: "result",
@@ -343,7 +377,7 @@ PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Counters: "metrics",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
-    Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
+    Submit: MAX_ARGS_BYTES, SubmitGroup: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
     Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES, JobList: MAX_RESULT_BYTES,
     Counters: MAX_RESULT_BYTES,
 }  # fmt: skip

@@ -38,7 +38,9 @@ def test_defaults_are_designs(scratch: list[str]) -> None:
     task("t_plain")(lambda job: None)
     scratch.append("t_plain")
     assert registry.lookup("t_plain").options() == {
-        "ttl_s": 86400.0, "timeout_s": None, "max_attempts": 3,
+        "ttl_s": 86400.0,
+        "timeout_s": None,
+        "max_attempts": 3,
     }
 
 

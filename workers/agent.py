@@ -27,7 +27,7 @@ import zmq
 from broker.addresses import broker_url, endpoints
 from broker.errors import UnknownTask
 from broker.liveness import Backoff
-from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Message, Ready, Stop
+from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Log, Message, Ready, Stop
 from broker.security import ClientKeys, client_keys
 from workers import registry
 from workers.child import Child
@@ -234,6 +234,9 @@ class Agent:
         current = self.current
         if current is None or not current.matches(header.get("id"), header.get("attempt")):
             logger.warning("job %s: dropped a stale outcome from the runner", header.get("id"))
+            return
+        if isinstance(header.get("log"), list):  # log lines go out ahead of the outcome, in order
+            self.connection.send(Log(id=current.id, attempt=current.attempt, lines=header["log"]), now)
             return
         self.child_backoff.reset()
         self._finish(outcome_message(current, header, payload), now)
