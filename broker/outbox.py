@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
+from broker import joblog
 from broker import protocol as p
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.jobs import Job, job_record
 from broker.progress import Subscriptions
+from broker.queue_position import PLACE_FIELDS
 from broker.retry import RETRYABLE, retry_spec
 
 logger = logging.getLogger(__name__)
@@ -21,6 +25,7 @@ class Outbox:
         self.wall_offset_s = wall_offset_s
         self.subscriptions = Subscriptions()
         self.effects: list[Effect] = []
+        self.listeners: list[Callable[[Job, float], None]] = []  # told of every job event (groups)
 
     def drain(self) -> list[Effect]:
         """The effects collected so far; the outbox starts empty again."""
@@ -41,24 +46,38 @@ class Outbox:
         error = p.encode(p.Error(code="protocol", message=str(problem)))
         self.effects.append(SendWorker(peer, error) if to_worker else SendClient(peer, error))
 
-    def event(self, job: Job, now: float) -> p.Event:
+    def event(self, job: Job, now: float, extra: dict[str, Any] | None = None) -> p.Event:
         """The job's latest event as watchers see it."""
         return p.Event(
             id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state), done=job.done,
             total=job.total, message=job.message, eta_s=job.eta_s,
             ts=round(now + self.wall_offset_s, 3), attempts=job.attempts, error=job.error,
+            extra=_event_extra(job.extra, extra),
         )  # fmt: skip
 
-    def publish(self, job: Job, now: float, *, stamp: bool = True) -> None:
-        """Stamp the next seq on the job and publish its event, if anyone subscribed."""
+    def publish(
+        self, job: Job, now: float, *, stamp: bool = True, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Stamp the next seq on the job and publish its event, if anyone subscribed.
+
+        An unstamped publish repeats the latest state (the final one, or for a new
+        subscriber): it carries the job's whole log, so no line depends on an earlier event.
+        """
         if stamp:
             job.seq += 1
         if self.subscriptions.wanted(job.id.encode()):  # nobody watching: nothing to encode
-            self.effects.append(Publish(p.encode(self.event(job, now))))
+            extra = extra if stamp else joblog.full_log(job.extra)
+            self.effects.append(Publish(p.encode(self.event(job, now, extra))))
+        for listener in self.listeners:
+            listener(job, now)
 
     def journal(self, job: Job) -> None:
         """Record the live job's latest state in the journal."""
         self.effects.append(Journal({"op": "put", "job": job_record(job)}))
+
+    def journal_meta(self, record: dict[str, Any]) -> None:
+        """Record broker state other than a job (paused tasks, periodic runs)."""
+        self.effects.append(Journal(record))
 
     def journal_end(self, job: Job) -> None:
         """The job is final: drop it from the journal."""
@@ -70,3 +89,10 @@ class Outbox:
         spec = retry_spec(job) if str(job.state) in RETRYABLE else None
         view = job.view(self.epoch)
         self.effects.append(StoreResult(job.id, view, job.result, retention_s, key, ttl_s, spec))
+
+
+def _event_extra(job_extra: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An event's optional fields: a queued job's place, then what this publish adds (log lines)."""
+    merged: dict[str, Any] = {name: job_extra[name] for name in PLACE_FIELDS if name in job_extra}
+    merged.update(extra or {})
+    return merged or None
