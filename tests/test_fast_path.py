@@ -44,7 +44,9 @@ def store(data_dir: str, result: bytes) -> None:
     writer.close()
 
 
-def test_no_data_dir_on_this_host_means_ask_the_broker(data_dir: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_data_dir_on_this_host_means_ask_the_broker(
+    data_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="web.fast_path")
     local = LocalResults(data_dir)
     assert local.job_for_key(KEY) is None and local.job(JOB_ID) is None
