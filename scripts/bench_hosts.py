@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from bench_lib import REPO, OtherLoad, Procs, fmt, fmt_range, summary
+from bench_lib import REPO, OtherLoad, Procs, fmt, fmt_range, summary, tree_cpu_s
 
 sys.path.insert(0, str(REPO / "tests"))
 from netns import Network, unavailable  # noqa: E402  (shared with the multi-host tests)
@@ -101,18 +101,20 @@ def wait_workers(client: Client, count: int, timeout_s: float = 60.0) -> None:
 def throughput(net: Network, keys: Keys, tmp: str, slots: dict[str, int], task: str,
                jobs: int, ms: float) -> dict[str, Any]:  # fmt: skip
     """jobs/s of ``jobs`` jobs through client.map, and the share each host ran."""
-    with cluster(net, keys, tmp, slots, 1.0), \
+    with cluster(net, keys, tmp, slots, 1.0) as procs, \
             Client(broker_url(net), timeout_s=60, curve=keys.client) as client:  # fmt: skip
         client.map(task, [{"warm": i} for i in range(sum(slots.values()) * 2)], timeout=60)
+        broker_pid = procs.started[0].pid
         with OtherLoad() as load:
-            began = time.perf_counter()
+            cpu_before, began = tree_cpu_s(broker_pid), time.perf_counter()
             results = client.map(task, [{"i": i, "ms": ms} for i in range(jobs)], timeout=300)
-            elapsed = time.perf_counter() - began
+            elapsed, broker_cpu_s = time.perf_counter() - began, tree_cpu_s(broker_pid) - cpu_before
     total_slots = sum(slots.values())
     ideal = total_slots * 1000 / ms if task == "bench_sleep" else float("nan")
     hosts = [r["host"] for r in results] if task == "bench_sleep" else []
     return {"jobs_per_s": jobs / elapsed, "ideal_per_s": ideal, "efficiency": jobs / elapsed / ideal,
-            "hosts_used": len(set(hosts)) if hosts else len(slots), "others": load.result}  # fmt: skip
+            "hosts_used": len(set(hosts)) if hosts else len(slots), "others": load.result,
+            "broker_cpu_us_per_job": broker_cpu_s / jobs * 1e6}  # fmt: skip
 
 
 def detection(net: Network, keys: Keys, tmp: str, trials: int, heartbeat_s: float,
@@ -206,16 +208,21 @@ def run_throughput(net: Network, keys: Keys, tmp: str, args: argparse.Namespace)
     rows: dict[str, Any] = {}
     print(f"\nthroughput: {args.jobs} jobs of {args.ms:g} ms (no-op: {args.noop_jobs} jobs), "
           f"median (min–max) of {args.trials}", flush=True)  # fmt: skip
-    print(f"  {'workers':<32} {'jobs/s':>22} {'of ideal':>10}  others (cores)")
+    print(f"  {'workers':<32} {'jobs/s':>22} {'of ideal':>10} {'broker µs/job':>14}  others (cores)")
     for label, slots, task in configs(args.slots):
         jobs = args.jobs if task == "bench_sleep" else args.noop_jobs
         trials = [throughput(net, keys, tmp, slots, task, jobs, args.ms) for _ in range(args.trials)]
         rate = summary([t["jobs_per_s"] for t in trials])
         eff = summary([t["efficiency"] for t in trials])["median"]
         others = summary([t["others"]["other_cores"] for t in trials])["median"]
-        rows[label] = {"jobs_per_s": rate, "efficiency": eff, "trials": trials}
+        cpu = summary([t["broker_cpu_us_per_job"] for t in trials])["median"]
+        rows[label] = {"jobs_per_s": rate, "efficiency": eff, "broker_cpu_us_per_job": cpu, "trials": trials}
         share = "—" if eff != eff else f"{100 * eff:.0f}%"
-        print(f"  {label:<32} {fmt_range(rate, 1):>22} {share:>10}  {fmt(others, 2)}", flush=True)
+        print(f"  {label:<32} {fmt_range(rate, 1):>22} {share:>10} {fmt(cpu):>14}  {fmt(others, 2)}",
+              flush=True)  # fmt: skip
+    noop_us = next(row["broker_cpu_us_per_job"] for name, row in rows.items() if name.startswith("no-op"))
+    print(f"  the broker's CPU per no-op job, {fmt(noop_us)} µs: one core holds at most "
+          f"~{fmt(1e6 / noop_us)} jobs/s in all, whatever the number of hosts", flush=True)
     return rows
 
 
