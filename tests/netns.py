@@ -8,7 +8,8 @@ lock among the subnets no interface of this box uses yet, so parallel runs never
 no TCP reset reaches anyone), ``host.restore()`` puts it back.
 
 Names carry this process's pid (``jc<pid hex><2 random hex>``), which lets ``sweep_stale``
-remove what a killed run left behind without touching other live runs. Needs root and
+remove what a killed run left behind (its namespaces, the processes still in them, its
+bridge) without touching other live runs. Needs root and
 iproute2; ``unavailable()`` says why not. Standard library only.
 """
 
@@ -20,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -158,10 +160,13 @@ def _free_subnet() -> str:
 
 
 def sweep_stale() -> None:
-    """Remove namespaces and bridges left by runs whose process is gone (killed runs)."""
+    """Remove namespaces, their processes and bridges left by runs whose process is gone."""
     for namespace in ip("netns", "list").split():
         if _owner_gone(namespace):
             with contextlib.suppress(NetnsError):
+                for pid in ip("netns", "pids", namespace).split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
                 ip("netns", "del", namespace)
     for line in ip("-o", "link", "show", "type", "bridge").splitlines():
         name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""

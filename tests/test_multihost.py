@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import PYTHON, ReadyProcess, jobcast, wait_for
-from netns import NetnsError, Network, unavailable
+from helpers import PYTHON, ReadyProcess, jobcast, pid_alive, wait_for
+from netns import NetnsError, Network, ip, sweep_stale, unavailable
 from web_fixtures import WEB_TEST_ENV
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -233,3 +234,31 @@ def _running_on(client: Client, job_id: str) -> str | None:
     if view["state"] == "running" and message.startswith("on "):
         return message.removeprefix("on ")
     return None
+
+
+SWEEP_CHILD = """
+import subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from netns import Network
+net = Network(["a"]).__enter__()
+sleeper = subprocess.Popen(net["a"].argv(["sleep", "60"]), start_new_session=True)
+print(net["a"].namespace, net.bridge, sleeper.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_run_leaves_nothing_behind_once_the_next_run_sweeps() -> None:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    run = subprocess.Popen([PYTHON, "-c", SWEEP_CHILD, TESTS_DIR], stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    namespace, bridge, sleeper = run.stdout.readline().split()
+    run.kill()  # SIGKILL: no cleanup of its own, its sleeper stays in the namespace
+    run.wait(timeout=10)
+    run.stdout.close()
+    assert namespace in ip("netns", "list") and pid_alive(int(sleeper))
+    sweep_stale()
+    assert namespace not in ip("netns", "list")
+    assert bridge not in ip("-o", "link", "show")
+    wait_for(lambda: not pid_alive(int(sleeper)), timeout_s=10)
