@@ -74,10 +74,10 @@ def _keys(tmp: str) -> dict[str, str]:
     return files
 
 
-def _env(host: str, **extra: str) -> dict[str, str]:
+def _env(host: str) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path, "JOBCAST_HEARTBEAT_S": HEARTBEAT_S, "JOBCAST_TEST_HOST": host,
-            **{k: v for k, v in WEB_TEST_ENV.items()}, **extra}  # fmt: skip
+            **WEB_TEST_ENV}  # fmt: skip
 
 
 def _start(cluster: Cluster, name: str, host: str, argv: list[str]) -> ReadyProcess:
