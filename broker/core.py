@@ -140,14 +140,13 @@ class BrokerProtocol:
             self._invalid(peer, exc, to_worker=True)
             return
         slot = self.workers.get(peer)
-        if slot is not None:
-            slot.liveness.on_message(now)
+        revived = slot is not None and self.workers.heard(slot, now)
         match msg:
             case p.Ready():
                 self._worker_ready(peer, self._granted(peer, msg, allowed_tasks), now)
             case p.Heartbeat() if slot is None:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
-            case p.Heartbeat():
+            case p.Heartbeat() if not revived:
                 return  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
             case p.Log():
                 self._worker_log(peer, msg, now)
@@ -544,7 +543,7 @@ class BrokerProtocol:
         self.out.publish(job, now)
 
     def _dispatch(self, now: float) -> None:
-        for slot in self.workers.idle_in_order():
+        for slot in self.workers.dispatchable(now):  # a suspect slot may sit on a lost host
             job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
