@@ -46,6 +46,7 @@ class TaskControls:
         """A worker declared its tasks' options: concurrency, every, cron."""
         self.limits.learn(tasks, options)
         self.periodic.learn(tasks, options, now_wall)
+        self.placement.changes += 1
 
     def startable(self, tasks: frozenset[str]) -> Iterable[str]:
         """Those of ``tasks`` that may start a job now (not paused, under their limit)."""
@@ -58,12 +59,14 @@ class TaskControls:
         self.queue.discard(job.id)
         self.limits.start(job.id, job.task)
         clear_place(job.extra)
+        self.placement.changes += 1
 
     def stopped(self, job: Job) -> None:
         """The job stopped running or ended (idempotent); a done run feeds the mean run time."""
         self.queue.discard(job.id)
         self.limits.stop(job.id)
         clear_place(job.extra)
+        self.placement.changes += 1
         if job.state is State.DONE and job.started_at is not None and job.finished_at is not None:
             self.run_times.record(job.task, job.finished_at - job.started_at)
 
