@@ -335,10 +335,6 @@ class BrokerProtocol:
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
         self.groups.restore(groups, self.jobs, now)
 
-    def restore_meta(self, meta: dict[str, Any]) -> None:
-        """Load the paused tasks and periodic last runs replayed from the journal."""
-        self.controls.restore(meta)
-
     def _run_periodic(self, now: float) -> None:
         """Submit one run (empty args, ttl 0) of each periodic task due, unless one is live."""
         for task, record in self.controls.periodic_due(self._wall(now)):
@@ -407,17 +403,10 @@ class BrokerProtocol:
         self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
 
     def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
-        if self.storage_error is not None:
-            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
-            return
-        try:
-            self.out.journal_meta(self.controls.pause(msg.task, isinstance(msg, p.Pause)))
-        except BadArguments as exc:
-            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
-            return
-        logger.info("task %s %s", msg.task, "paused" if isinstance(msg, p.Pause) else "resumed")
-        stats = {"task": msg.task, "queued": self.queue.ready_count(msg.task), **self.controls.stats()}
-        self.out.to_client(peer, p.Counters(req=msg.req, stats=stats))
+        reply, record = self.controls.pause(msg, self.storage_error)
+        if record is not None:
+            self.out.journal_meta(record)  # durable before the reply
+        self.out.to_client(peer, reply)
         self._dispatch(now)
 
     # --- workers -------------------------------------------------------------------------

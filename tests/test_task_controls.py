@@ -185,7 +185,7 @@ def test_a_bad_pause_is_refused_and_changes_nothing(broker: Harness) -> None:
 
 def test_paused_set_is_restored_from_the_journal() -> None:
     harness = Harness()
-    harness.core.restore_meta({PAUSED_KEY: ["echo"]})
+    harness.core.controls.restore({PAUSED_KEY: ["echo"]})
     harness.ready(W1, 0.0)
     assert sent(harness.submit(C1, 0.0), W1, p.Assign) == []
     assert_sent(harness.client(C2, p.Resume(req=1, task="echo"), 1.0), W1, p.Assign)
@@ -278,3 +278,12 @@ def test_malformed_schedules_from_a_worker_are_ignored(options: Any) -> None:
     schedules = PeriodicSchedules()
     schedules.learn(["tick"], {"tick": options}, now_wall=0.0)
     assert schedules.next_due() is None
+
+
+def test_pause_is_refused_while_the_data_dir_is_full(broker: Harness) -> None:
+    broker.core.storage_error = "the data dir is full"
+    effects = broker.client(C2, p.Pause(req=1, task="echo"), 0.0)
+    assert_sent(effects, C2, p.Error, code="storage_full")
+    assert [e for e in effects if isinstance(e, Journal)] == []
+    broker.core.storage_error = None
+    assert_sent(broker.client(C2, p.Pause(req=2, task="echo"), 0.0), C2, p.Counters)
