@@ -24,10 +24,12 @@ def submit(web_stack: WebStack, seconds: float, steps: int) -> str:
 
 
 def test_queued_job_shows_its_place_then_the_live_bar(web_stack: WebStack, page: Any) -> None:  # noqa: F811
-    for seconds in (6.0, 6.1):  # both worker slots busy for a while, reporting progress (so ETAs)
-        submit(web_stack, seconds=seconds, steps=60)
-    submit(web_stack, seconds=1.0, steps=10)
-    job_id = submit(web_stack, seconds=2.0, steps=20)
+    # both worker slots busy, reporting progress (so ETAs): one slot frees at 5 s, the other
+    # at 12 s; the 2 s job ahead of ours runs from 5 s, so ours is next in line from 5 s to 7 s
+    for seconds in (5.0, 12.0):
+        submit(web_stack, seconds=seconds, steps=int(seconds * 10))
+    submit(web_stack, seconds=2.0, steps=20)
+    job_id = submit(web_stack, seconds=2.0, steps=21)
     view = httpx.get(f"{web_stack.url}/api/jobs/{job_id}").json()
     assert view["state"] == "queued" and view["position"] == 2
     page.goto(f"{web_stack.url}/jobs/{job_id}")
