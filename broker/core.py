@@ -22,6 +22,7 @@ from broker.outbox import Outbox
 from broker.progress import EtaEstimator
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
+from broker.tally import live_counts
 from broker.workforce import WorkerSlot, Workforce
 
 logger = logging.getLogger(__name__)
@@ -156,14 +157,14 @@ class BrokerProtocol:
             return
         job.done, job.total, job.message = msg.done, msg.total, msg.message[:1000]
         job.eta_s = self.etas.setdefault(job.id, EtaEstimator()).observe(now, msg.done, msg.total)
-        self.out.publish(job, now)
+        self.out.publish_progress(job, now)
 
     def receive_subscription(self, topic: bytes, now: float, subscribed: bool = True) -> None:
         """A watcher (un)subscribed; on subscribe, republish the job's latest event at once."""
         self.subscriptions.change(topic, subscribed)
         job = self.jobs.get(topic.decode("ascii", "replace")) if subscribed else None
         if job is not None:
-            self.out.publish(job, now, stamp=False)
+            self.out.republish(job, now)
 
     def worker_unreachable(self, peer: bytes, now: float) -> None:
         """The shell could not deliver to a worker: it is gone; re-queue its job."""
@@ -183,20 +184,19 @@ class BrokerProtocol:
             self._send_worker(peer, p.Heartbeat(), now)
         if self.queue.promote_due(self._wall(now)) or lost:
             self._dispatch(now)
+        self.out.flush_all_jobs(now)
 
     def next_deadline(self) -> float:
         """The monotonic time at which ``tick`` next has work, at most a second away."""
         due = self.queue.next_due()
         delayed = float("inf") if due is None else due - self.wall_offset_s
-        return min(self.workers.next_deadline(), delayed)
+        return min(self.workers.next_deadline(), delayed, self.out.all_jobs.next_deadline())
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, workers and counters."""
-        states = [self.jobs[job_id].state for job_id in self.by_key.values()]  # live jobs only
         return {
             "epoch": self.epoch,
-            "queued": states.count(State.QUEUED),
-            "running": states.count(State.RUNNING),
+            **live_counts(self.jobs[job_id] for job_id in self.by_key.values()),  # live jobs only
             "workers": len(self.workers),
             "idle_workers": self.workers.idle_count(),
             "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from broker import protocol as p
+from broker.alljobs import AllJobsFeed
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.jobs import Job, job_record
 from broker.progress import Subscriptions
@@ -19,6 +20,7 @@ class Outbox:
         self.epoch = epoch
         self.wall_offset_s = wall_offset_s
         self.subscriptions = Subscriptions()
+        self.all_jobs: AllJobsFeed[Job] = AllJobsFeed(self.subscriptions)
         self.effects: list[Effect] = []
 
     def drain(self) -> list[Effect]:
@@ -43,17 +45,39 @@ class Outbox:
     def event(self, job: Job, now: float) -> p.Event:
         """The job's latest event as watchers see it."""
         return p.Event(
-            id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state), done=job.done,
+            id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state), task=job.task, done=job.done,
             total=job.total, message=job.message, eta_s=job.eta_s,
             ts=round(now + self.wall_offset_s, 3), attempts=job.attempts, error=job.error,
         )  # fmt: skip
 
     def publish(self, job: Job, now: float, *, stamp: bool = True) -> None:
-        """Stamp the next seq on the job and publish its event, if anyone subscribed."""
+        """Stamp the next seq on the job and publish its state change, if anyone subscribed."""
         if stamp:
             job.seq += 1
-        if self.subscriptions.wanted(job.id.encode()):  # nobody watching: nothing to encode
-            self.effects.append(Publish(p.encode(self.event(job, now))))
+        self._publish(job, now, own=True, all_jobs=self.all_jobs.on_change(job, now, final=job.is_final))
+
+    def publish_progress(self, job: Job, now: float) -> None:
+        """Stamp the next seq and publish a progress event (thinned on the all-jobs topic)."""
+        job.seq += 1
+        self._publish(job, now, own=True, all_jobs=self.all_jobs.on_progress(job, now))
+
+    def republish(self, job: Job, now: float) -> None:
+        """Publish the job's latest event again on its own topic (a watcher just joined)."""
+        self._publish(job, now, own=True, all_jobs=False)
+
+    def flush_all_jobs(self, now: float) -> None:
+        """Copy held-back progress to the all-jobs topic once its interval is over."""
+        for job in self.all_jobs.due(now):
+            self._publish(job, now, own=False, all_jobs=True)
+
+    def _publish(self, job: Job, now: float, *, own: bool, all_jobs: bool) -> None:
+        frames: list[bytes] | None = None  # nobody watching: nothing to encode
+        if own and self.subscriptions.wanted(job.id.encode()):
+            frames = p.encode(self.event(job, now))
+            self.effects.append(Publish(frames))
+        if all_jobs:
+            frames = frames or p.encode(self.event(job, now))
+            self.effects.append(Publish([p.ALL_JOBS_TOPIC, *frames[1:]]))
 
     def journal(self, job: Job) -> None:
         """Record the live job's latest state in the journal."""
