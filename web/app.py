@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.addresses import endpoints
 from broker.client import AsyncClient
 from broker.results import ResultReader
-from web import api, events, pages
+from web import api, dashboard, events, pages
+from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
 from web.relay import Relay
 from web.settings import Settings
@@ -89,12 +90,14 @@ def jobcast_lifespan(
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
+                hub = DashboardHub(relay, client)  # shared by this process's dashboard sockets
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,
-                           "limits": limits}  # fmt: skip
+                           "limits": limits, "dashboard": hub}  # fmt: skip
                 finally:
                     reader.cancel()
+                    await hub.close()
         finally:
             await client.aclose()
             results.close()
@@ -119,6 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *api.routes,
         *events.routes,
         *pages.routes,
+        *dashboard.routes,
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
         Mount("/demo/feeds", StaticFiles(directory=PACKAGE_DIR / "demo_feeds"), name="feeds"),
     ]

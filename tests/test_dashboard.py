@@ -1,0 +1,197 @@
+"""/dashboard against real processes: closed by default, token sign-in, cookie, bearer, WS feed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+import pytest
+from helpers import ReadyProcess, wait_for
+from web_fixtures import WebServer, WebStack
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+TOKEN = "correct-horse-battery-staple-42"
+EVIL = "https://evil.example"
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout_s: float = 30) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+@pytest.fixture
+def dash(
+    start_broker: Callable[..., ReadyProcess],
+    start_workers: Callable[..., ReadyProcess],
+    start_web: Callable[..., WebServer],
+    part_env: dict[str, str],
+) -> WebStack:
+    """Broker, 2 test workers and a web server whose dashboard token is ``TOKEN``."""
+    broker = start_broker()
+    web = start_web(env={"JOBCAST_DASHBOARD_TOKEN": TOKEN})
+    return WebStack(broker, start_workers(2), web)
+
+
+def session_cookie(url: str) -> str:
+    """A ``Cookie`` header value for a signed-in dashboard (signs in with the form)."""
+    with httpx.Client(base_url=url, timeout=10) as browser:
+        answer = browser.post("/dashboard/login", data={"token": TOKEN}, headers={"Origin": url})
+        assert answer.status_code == 303, answer.text
+        return "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+
+
+async def next_message(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The first message the server pushes that matches ``predicate``."""
+    while True:
+        message = json.loads(await ws.recv())
+        if predicate(message):
+            return message
+
+
+def test_dashboard_is_closed_without_a_token(web_stack: WebStack) -> None:
+    url = web_stack.url
+    page = httpx.get(f"{url}/dashboard", timeout=10)
+    assert page.status_code == 404
+    assert "JOBCAST_DASHBOARD_TOKEN" in page.text and "<form" not in page.text
+    for answer in (
+        httpx.get(f"{url}/dashboard/api/jobs", timeout=10),
+        httpx.get(f"{url}/dashboard/api/session", headers={"Authorization": "Bearer x"}, timeout=10),
+        httpx.post(f"{url}/dashboard/login", data={"token": "anything-at-all-here"}, timeout=10),
+    ):
+        assert answer.status_code == 404
+        assert "dashboard is off" in answer.text
+
+    async def upgrade() -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{web_stack.web.ws_url}/dashboard/events", open_timeout=5):
+                pass
+        return refused.value.response.status_code
+
+    assert run(upgrade()) == 404
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # the rest still serves
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_without_the_token(dash: WebStack) -> None:
+    url = dash.url
+    form = httpx.get(f"{url}/dashboard", timeout=10)
+    assert form.status_code == 401 and '<form method="post"' in form.text
+    assert form.headers["www-authenticate"].startswith("Bearer")
+    assert "dashboard.js" not in form.text
+    wrong = httpx.post(f"{url}/dashboard/login", data={"token": "wrong-token-wrong-token"}, timeout=10)
+    assert wrong.status_code == 401 and "Wrong dashboard token" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    right = httpx.post(f"{url}/dashboard/login", data={"token": TOKEN}, headers={"Origin": url}, timeout=10)
+    assert right.status_code == 303 and right.headers["location"] == "/dashboard"
+    cookie = right.headers["set-cookie"]
+    flags = [part.strip().lower() for part in cookie.split(";")]
+    assert "httponly" in flags and "samesite=strict" in flags and "path=/dashboard" in flags
+    assert "secure" not in flags  # plain http on loopback; https would add it
+    assert TOKEN not in cookie
+    value = cookie.split(";")[0].split("=", 1)[1]
+    page = httpx.get(f"{url}/dashboard", cookies={"jobcast_dashboard": value}, timeout=10)
+    assert page.status_code == 200 and "dashboard.js" in page.text
+    assert "no-store" in page.headers["cache-control"]
+    tampered = value[:-1] + ("0" if value[-1] != "0" else "1")
+    assert (
+        httpx.get(f"{url}/dashboard", cookies={"jobcast_dashboard": tampered}, timeout=10).status_code == 401
+    )
+
+
+def test_login_refuses_cross_site_forms_and_other_content_types(dash: WebStack) -> None:
+    url = dash.url
+    evil = httpx.post(f"{url}/dashboard/login", data={"token": TOKEN}, headers={"Origin": EVIL}, timeout=10)
+    assert evil.status_code == 403 and "set-cookie" not in evil.headers
+    as_json = httpx.post(f"{url}/dashboard/login", json={"token": TOKEN}, timeout=10)
+    assert as_json.status_code == 415
+    huge = httpx.post(f"{url}/dashboard/login", data={"token": "x" * 10_000}, timeout=10)
+    assert huge.status_code == 413
+    signed_in = httpx.get(f"{url}/dashboard/api/session", headers={"Cookie": session_cookie(url)}, timeout=10)
+    assert signed_in.status_code == 200  # still works
+
+
+def test_bearer_token_for_scripts(dash: WebStack) -> None:
+    url = f"{dash.url}/dashboard/api/session"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json() == {"ok": True}
+    wrong = httpx.get(url, headers={"Authorization": "Bearer not-the-token-at-all"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.json() == {"error": "wrong dashboard token"}
+    assert httpx.get(url, timeout=10).status_code == 401
+    listing = httpx.get(f"{dash.url}/dashboard/api/jobs", timeout=10)
+    assert listing.status_code == 401  # anything that lists jobs needs the token
+    bad_query = httpx.get(
+        f"{dash.url}/dashboard/api/jobs?state=sleeping",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert bad_query.status_code == 400 and "state must be one of" in bad_query.json()["error"]
+
+
+def test_wrong_tokens_are_rate_limited_like_not_found_ids(
+    start_broker: Callable[..., ReadyProcess], start_web: Callable[..., WebServer]
+) -> None:
+    start_broker()
+    env = {"JOBCAST_DASHBOARD_TOKEN": TOKEN, "JOBCAST_NOT_FOUND_RATE": "1", "JOBCAST_NOT_FOUND_BURST": "3"}
+    url = start_web(env=env).url
+    session = f"{url}/dashboard/api/session"
+    statuses = [
+        httpx.get(session, headers={"Authorization": f"Bearer guess-number-{n:08d}"}, timeout=10).status_code
+        for n in range(5)
+    ]
+    assert statuses[:3] == [401, 401, 401] and 429 in statuses[3:]
+    limited = httpx.post(f"{url}/dashboard/login", data={"token": TOKEN}, timeout=10)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    # the bucket refills: the right token works again
+    wait_for(
+        lambda: (
+            httpx.get(session, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
+        ),
+        timeout_s=15,
+        interval_s=0.3,
+    )
+
+
+def test_events_socket_checks_cookie_and_origin_then_pushes_jobs_and_stats(dash: WebStack) -> None:
+    cookie = session_cookie(dash.url)
+    events_url = f"{dash.web.ws_url}/dashboard/events"
+
+    async def refused(headers: dict[str, str]) -> int:
+        with pytest.raises(InvalidStatus) as caught:
+            async with connect(events_url, additional_headers=headers, open_timeout=5):
+                pass
+        return caught.value.response.status_code
+
+    async def feed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        assert await refused({}) == 401
+        assert await refused({"Cookie": "jobcast_dashboard=1.abc"}) == 401
+        assert await refused({"Cookie": cookie, "Origin": EVIL}) == 403
+        assert await refused({"Authorization": "Bearer not-the-token-at-all"}) == 401
+        headers = {"Cookie": cookie, "Origin": dash.url}
+        async with connect(events_url, additional_headers=headers, open_timeout=5) as ws:
+            snapshot = json.loads(await ws.recv())
+            job = await asyncio.to_thread(
+                httpx.post, f"{dash.url}/api/jobs", json={"task": "slow", "args": {"seconds": 1, "steps": 10}}
+            )
+            job_id = job.json()["id"]
+            done = await next_message(ws, lambda m: m.get("id") == job_id and m.get("state") == "done")
+            stats = await next_message(ws, lambda m: m.get("kind") == "stats")
+        return snapshot, done, stats
+
+    snapshot, done, stats = run(feed())
+    assert snapshot["kind"] == "snapshot" and snapshot["stats"]["workers"] == 2
+    assert isinstance(snapshot["jobs"], list) and "complete" in snapshot
+    assert done["kind"] == "event" and done["task"] == "slow" and done["done"] == 10
+    assert {"queued", "running", "queues", "workers", "idle_workers"} <= set(stats["stats"])
+
+
+def test_dashboard_feed_ends_when_the_last_dashboard_closes(dash: WebStack) -> None:
+    headers = {"Cookie": session_cookie(dash.url)}
+
+    async def open_and_close() -> None:
+        async with connect(f"{dash.web.ws_url}/dashboard/events", additional_headers=headers) as ws:
+            await ws.recv()
+
+    run(open_and_close())
+    # the all-jobs topic is gone from the web's subscriptions: only job topics remain watched
+    wait_for(lambda: httpx.get(f"{dash.url}/healthz", timeout=10).json()["watched_jobs"] == 0)
