@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import zmq
@@ -14,9 +16,20 @@ import zmq.asyncio
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.errors import ProtocolError
+from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
-from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.replies import (
+    EventFollower,
+    final_result,
+    job_list,
+    job_view,
+    list_message,
+    published_event,
+    submit_message,
+)
 from broker.security import ClientKeys, client_keys, configure_client
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0
@@ -42,6 +55,11 @@ class AsyncJob:
     def events(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Pushed progress events, ending with the final state."""
         return self.client.events(self.id, after=after)
+
+    def on_done(self, hook: Callable[[dict[str, Any]], Any]) -> AsyncJob:
+        """Call ``hook(final_view)`` once the job ends (see ``AsyncClient.on_done``)."""
+        self.client.on_done(self.id, hook)
+        return self
 
 
 class AsyncClient:
@@ -70,6 +88,7 @@ class AsyncClient:
         self._reqs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[p.Message]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._hook_tasks: set[asyncio.Task[None]] = set()
 
     async def submit(
         self,
@@ -84,8 +103,12 @@ class AsyncClient:
         scope: str = "",
         max_attempts: int | None = None,
         timeout: float | None = None,
+        on_done: Callable[[dict[str, Any]], Any] | None = None,
     ) -> AsyncJob:
-        """Submit a job (or join the identical one running, or get the cached result)."""
+        """Submit a job (or join the identical one running, or get the cached result).
+
+        ``on_done(final_view)`` is called once the job ends (see ``on_done``).
+        """
         msg = submit_message(
             next(self._reqs),
             task,
@@ -99,7 +122,10 @@ class AsyncClient:
             max_attempts=max_attempts,
             timeout=timeout,
         )
-        return AsyncJob(self, job_view(await self._call(msg)))
+        job = AsyncJob(self, job_view(await self._call(msg)))
+        if on_done is not None:
+            self.on_done(job.id, on_done)
+        return job
 
     async def status(self, job_id: str) -> dict[str, Any]:
         """A job's snapshot (``result`` included once done); raises UnknownJob."""
@@ -108,6 +134,16 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job."""
         return job_view(await self._call(p.Cancel(req=next(self._reqs), id=job_id)))
+
+    async def jobs(
+        self, state: str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Job views, newest first, of one state and/or task (see ``Client.jobs``)."""
+        return job_list(await self._call(list_message(next(self._reqs), state, task, limit)))
+
+    async def retry(self, job_id: str) -> AsyncJob:
+        """Re-submit a failed or cancelled job under a new id (see ``Client.retry``)."""
+        return AsyncJob(self, job_view(await self._call(p.Retry(req=next(self._reqs), id=job_id))))
 
     async def stats(self) -> dict[str, Any]:
         """Queue, worker and counter figures."""
@@ -119,6 +155,10 @@ class AsyncClient:
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
+        return final_result(await self.wait(job_id, timeout))
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the job ends and return its final view (failed/cancelled raise nothing)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or 1e9)
         wait = p.Wait(req=next(self._reqs), id=job_id)
@@ -131,13 +171,38 @@ class AsyncClient:
                     raise TimeoutError(f"job {job_id} did not end in time")
                 done, _ = await asyncio.wait({future}, timeout=slice_s)
                 if done:
-                    return final_result(job_view(future.result()))
+                    return job_view(future.result())
                 view = await self.status(job_id)
                 if view["state"] in FINAL_STATES:
-                    return final_result(view)
+                    return view
                 await self.socket.send_multipart(p.encode(wait))  # same req: the broker dedupes
         finally:
             self._pending.pop(wait.req, None)
+
+    def on_done(self, job_id: str, hook: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``hook(final_view)`` (awaited if it returns an awaitable) once the job ends.
+
+        It runs as a task on the event loop; its exceptions are logged, not raised.
+        At most MAX_PENDING_HOOKS wait per client; ``aclose()`` cancels them.
+        """
+        if not callable(hook):
+            raise TypeError(f"on_done must be callable (got {type(hook).__name__})")
+        if len(self._hook_tasks) >= MAX_PENDING_HOOKS:
+            raise RuntimeError(f"{MAX_PENDING_HOOKS} on_done hooks already wait on this client")
+        task = asyncio.get_running_loop().create_task(self._fire(job_id, hook))
+        self._hook_tasks.add(task)
+        task.add_done_callback(self._hook_tasks.discard)
+
+    async def _fire(self, job_id: str, hook: Callable[[dict[str, Any]], Any]) -> None:
+        try:
+            view = await self.wait(job_id)
+            outcome = hook(view)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a hook's bug (or a vanished job) must not reach the app
+            logger.exception("job %s: on_done hook %r failed", job_id, hook)
 
     async def events(self, job_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Pushed events of one job (Clone join), ending with its final state."""
@@ -192,7 +257,11 @@ class AsyncClient:
                 future.set_result(reply)
 
     async def aclose(self) -> None:
-        """Stop the reply reader and close the socket (and the context, if ours)."""
+        """Cancel pending on_done hooks, stop the reply reader, close the socket (and context)."""
+        hooks = list(self._hook_tasks)
+        for task in hooks:
+            task.cancel()
+        await asyncio.gather(*hooks, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

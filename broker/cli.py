@@ -1,4 +1,5 @@
-"""The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats."""
+"""The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats,
+failed, retry."""
 
 from __future__ import annotations
 
@@ -98,14 +99,20 @@ def _parser() -> argparse.ArgumentParser:
     stats = _command(commands, "stats", "print queues, workers and counters", _stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
 
+    failed = _command(commands, "failed", "list failed jobs, newest first, with their errors", _failed)
+    failed.add_argument("--task", default=None, help="only this task's jobs")
+    failed.add_argument("--limit", type=int, default=50, help="at most this many (1..1000, default 50)")
+    failed.add_argument("--json", action="store_true", help="print JSON")
     for name, helptext, run in (
         ("status", "print a job's state", _status),
         ("cancel", "cancel a job", _cancel),
+        ("retry", "re-submit a failed or cancelled job; print the new id", _retry),
     ):
         cmd = _command(commands, name, helptext, run)
         cmd.add_argument("job_id")
         cmd.add_argument("--json", action="store_true", help="print JSON")
-    for cmd in (submit, stats, *[commands.choices[name] for name in ("status", "cancel")]):
+    by_id = [commands.choices[name] for name in ("status", "cancel", "retry")]
+    for cmd in (submit, stats, failed, *by_id):
         cmd.add_argument(
             "--curve-server",
             default=None,
@@ -209,6 +216,26 @@ def _status(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_job(client.cancel(args.job_id), args.json)
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.retry(args.job_id)
+    print(json.dumps(job.view) if args.json else job.id)
+    return EXIT_OK
+
+
+def _failed(args: argparse.Namespace) -> int:
+    from broker.terminal import failure_line
+
+    with _client(args) as client:
+        views = client.jobs(state="failed", task=args.task, limit=args.limit)
+    if args.json:
+        print(json.dumps(views))
+    else:
+        for view in views:
+            print(failure_line(view))
     return EXIT_OK
 
 

@@ -19,8 +19,17 @@ import zmq
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncJob
+from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
-from broker.replies import EventFollower, final_result, job_view, published_event, submit_message
+from broker.replies import (
+    EventFollower,
+    final_result,
+    job_list,
+    job_view,
+    list_message,
+    published_event,
+    submit_message,
+)
 from broker.security import ClientKeys, client_keys, configure_client
 
 __all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
@@ -59,6 +68,11 @@ class Job:
         """Cancel the job."""
         return self.client.cancel(self.id)
 
+    def on_done(self, hook: DoneHook) -> Job:
+        """Call ``hook(final_view)`` once the job ends, on the client's follower thread."""
+        self.client.on_done(self.id, hook)
+        return self
+
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.view.get('task')} {self.view.get('state')}>"
 
@@ -80,15 +94,20 @@ class Client:
         self.curve = curve or client_keys()  # CURVE keys given, else from the environment
         self._own_context = context is None
         self.context = context or zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        configure_client(self.socket, self.curve)
-        self.socket.connect(self.endpoints.clients)
+        self.socket = self._dealer()
         self._reqs = itertools.count(1)
         self._replies: dict[int, p.Message] = {}
         self._pending: set[int] = set()
+        self._hooks = DoneHooks(self._dealer)
+
+    def _dealer(self) -> zmq.Socket[bytes]:
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+        configure_client(socket, self.curve)
+        socket.connect(self.endpoints.clients)
+        return socket
 
     # --- requests ------------------------------------------------------------------------
 
@@ -105,8 +124,13 @@ class Client:
         scope: str = "",
         max_attempts: int | None = None,
         timeout: float | None = None,
+        on_done: DoneHook | None = None,
     ) -> Job:
-        """Submit a job (or join the identical one running, or get the cached result)."""
+        """Submit a job (or join the identical one running, or get the cached result).
+
+        ``on_done(final_view)`` is called once the job ends, on the client's follower
+        thread (``broker.hooks``); its exceptions are logged, not raised.
+        """
         msg = submit_message(
             next(self._reqs),
             task,
@@ -120,7 +144,12 @@ class Client:
             max_attempts=max_attempts,
             timeout=timeout,
         )
-        return Job(self, job_view(self._call(msg)))
+        job = Job(self, job_view(self._call(msg)))
+        return job if on_done is None else job.on_done(on_done)
+
+    def on_done(self, job_id: str, hook: DoneHook) -> None:
+        """Call ``hook(final_view)`` once the job ends (see ``broker.hooks``)."""
+        self._hooks.add(job_id, hook)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """A job's snapshot (``result`` included once done); raises UnknownJob."""
@@ -129,6 +158,19 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a queued one is dropped, a running one is stopped."""
         return job_view(self._call(p.Cancel(req=next(self._reqs), id=job_id)))
+
+    def jobs(
+        self, state: str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Job views, newest first, of one state and/or task; raises BadArguments on bad filters.
+
+        Finished jobs are those the broker keeps in memory (its last 10,000 since it started).
+        """
+        return job_list(self._call(list_message(next(self._reqs), state, task, limit)))
+
+    def retry(self, job_id: str) -> Job:
+        """Re-submit a failed or cancelled job under a new id; raises UnknownJob or BrokerError."""
+        return Job(self, job_view(self._call(p.Retry(req=next(self._reqs), id=job_id))))
 
     def stats(self) -> dict[str, Any]:
         """Queue, worker and counter figures."""
@@ -242,7 +284,8 @@ class Client:
         return self._replies.pop(req)
 
     def close(self) -> None:
-        """Close the socket (and the context, if the client made it)."""
+        """Stop the on_done follower, close the socket (and the context, if ours)."""
+        self._hooks.stop()
         self.socket.close(linger=0)
         if self._own_context:
             self.context.term()

@@ -18,8 +18,10 @@ from broker.effects import Effect
 from broker.errors import BadArguments, ProtocolError
 from broker.jobs import Job, State, job_from_record, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
+from broker.listing import check_filters, encode_views, select_jobs
 from broker.outbox import Outbox
 from broker.progress import EtaEstimator
+from broker.retry import resubmission, retry_spec
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
 from broker.tally import live_counts
@@ -45,6 +47,9 @@ class StoredResults(Protocol):
 
     def job_for_key(self, cache_key: str) -> str | None:
         """The id of the job whose fresh result is cached under ``cache_key``."""
+
+    def retry_spec(self, job_id: str) -> dict[str, Any] | None:
+        """A finished job's retry spec (``broker.retry``), or None if unknown."""
 
 
 class BrokerProtocol:
@@ -103,6 +108,10 @@ class BrokerProtocol:
                 self._wait(peer, msg)
             case p.Stats():
                 self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats()))
+            case p.ListJobs():
+                self._list(peer, msg)
+            case p.Retry():
+                self._retry(peer, msg, now)
             case _:
                 self._invalid(
                     peer, ProtocolError(f"{type(msg).__name__} is not a client request"), to_worker=False
@@ -296,6 +305,26 @@ class BrokerProtocol:
                 self._send_worker(worker, p.Stop(id=job.id, attempt=job.attempts), now)
             self._finish(job, State.CANCELLED, now, error=None)
         self._reply_job(peer, msg.req, msg.id)
+
+    def _list(self, peer: bytes, msg: p.ListJobs) -> None:
+        try:
+            check_filters(msg.state, msg.task, msg.limit)
+        except BadArguments as exc:
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
+            return
+        finished = (self.jobs[job_id] for job_id in reversed(self.finished) if job_id in self.jobs)
+        chosen = select_jobs(self.jobs.values(), finished, state=msg.state, task=msg.task, limit=msg.limit)
+        self.out.to_client(peer, p.JobList(req=msg.req, views=encode_views(chosen, self.epoch)))
+
+    def _retry(self, peer: bytes, msg: p.Retry, now: float) -> None:
+        job = self.jobs.get(msg.id)
+        spec = retry_spec(job) if job is not None else self.results.retry_spec(msg.id)
+        answer = resubmission(msg.req, msg.id, spec)
+        if isinstance(answer, p.Error):
+            self.out.to_client(peer, answer)
+            return
+        logger.info("job %s retried (%s)", msg.id, answer.task)
+        self._submit(peer, answer, now)
 
     def _wait(self, peer: bytes, msg: p.Wait) -> None:
         job = self.jobs.get(msg.id)

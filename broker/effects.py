@@ -31,7 +31,10 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class StoreResult:
-    """Keep a final job: its view and result under its id, its cache key if cacheable."""
+    """Keep a final job: its view and result under its id, its cache key if cacheable.
+
+    ``spec`` is what a retry needs (``broker.retry``), kept as long as the view.
+    """
 
     job_id: str
     view: dict[str, Any]
@@ -39,6 +42,7 @@ class StoreResult:
     retention_s: float
     cache_key: str | None
     ttl_s: float
+    spec: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from broker.alljobs import AllJobsFeed
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.jobs import Job, job_record
 from broker.progress import Subscriptions
+from broker.retry import RETRYABLE, retry_spec
 
 logger = logging.getLogger(__name__)
 
@@ -90,4 +91,6 @@ class Outbox:
     def store(self, job: Job, retention_s: float, ttl_s: float) -> None:
         """Keep a final job's view and result; its cache key only when ``ttl_s`` > 0."""
         key = job.cache_key if ttl_s > 0 else None
-        self.effects.append(StoreResult(job.id, job.view(self.epoch), job.result, retention_s, key, ttl_s))
+        spec = retry_spec(job) if str(job.state) in RETRYABLE else None
+        view = job.view(self.epoch)
+        self.effects.append(StoreResult(job.id, view, job.result, retention_s, key, ttl_s, spec))

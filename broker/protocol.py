@@ -10,8 +10,9 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
 
 Who sends what::
 
-    client → broker    SUBMIT STATUS CANCEL WAIT STATS
+    client → broker    SUBMIT STATUS CANCEL WAIT STATS LIST RETRY
     broker → client    JOB (a job snapshot, result as payload) COUNTERS ERROR
+                       JOBS (reply to LIST: a JSON array of job views as payload)
     worker → broker    READY HEARTBEAT DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
@@ -65,6 +66,9 @@ class Command(bytes, Enum):
     BYE = b"BYE"
     PROGRESS = b"PROGRESS"
     EVENT = b"EVENT"
+    LIST = b"LIST"
+    JOBS = b"JOBS"
+    RETRY = b"RETRY"
 
 
 # --- client ↔ broker ---------------------------------------------------------------
@@ -116,6 +120,32 @@ class Stats:
     """Ask for queue, worker and counter figures."""
 
     req: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListJobs:
+    """List jobs newest first, optionally of one state and one task (``limit`` ≤ 1000)."""
+
+    req: int
+    state: str | None = None
+    task: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobList:
+    """The reply to ``ListJobs``: ``views`` is a JSON array of job views (payload)."""
+
+    req: int
+    views: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """Re-submit a failed or cancelled job (same task, args, scope, priority; a new id)."""
+
+    req: int
+    id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,6 +297,9 @@ Message: TypeAlias = (
     | Bye
     | Progress
     | Event
+    | ListJobs
+    | JobList
+    | Retry
 )
 
 COMMAND_OF: Final[dict[type[Any], Command]] = {
@@ -275,7 +308,8 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
     Counters: Command.COUNTERS, Error: Command.ERROR, Ready: Command.READY,
     Heartbeat: Command.HEARTBEAT, Assign: Command.ASSIGN, Done: Command.DONE,
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
-    Progress: Command.PROGRESS, Event: Command.EVENT,
+    Progress: Command.PROGRESS, Event: Command.EVENT, ListJobs: Command.LIST,
+    JobList: Command.JOBS, Retry: Command.RETRY,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})
@@ -284,10 +318,11 @@ PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Assign: "args",
     Done: "result",
     Snapshot: "result",
+    JobList: "views",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
     Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
-    Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES,
+    Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES, JobList: MAX_RESULT_BYTES,
 }  # fmt: skip
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
 

@@ -8,6 +8,7 @@ from typing import Any
 from broker import protocol as p
 from broker.errors import JobCancelled, JobFailed, ProtocolError, error_for_code
 from broker.jobs import FINAL_STATES, canonical_args
+from broker.listing import check_filters
 
 
 def submit_message(
@@ -47,6 +48,28 @@ def job_view(reply: p.Message) -> dict[str, Any]:
     if reply.result is not None:
         view["result"] = json.loads(reply.result)
     return view
+
+
+def list_message(req: int, state: str | None, task: str | None, limit: int) -> p.ListJobs:
+    """A ``ListJobs`` request; bad filters raise BadArguments before anything is sent."""
+    check_filters(state, task, limit)
+    return p.ListJobs(req=req, state=state, task=task, limit=limit)
+
+
+def job_list(reply: p.Message) -> list[dict[str, Any]]:
+    """The job views of a ``JobList`` reply, newest first.
+
+    Raises:
+        JobcastError: the broker answered with an error (BadArguments, …).
+    """
+    if isinstance(reply, p.Error):
+        raise error_for_code(reply.code, reply.message)
+    if not isinstance(reply, p.JobList):
+        raise ProtocolError(f"expected a job list, got {type(reply).__name__}")
+    views = json.loads(reply.views)
+    if not isinstance(views, list):
+        raise ProtocolError("a job list must be a JSON array")
+    return views
 
 
 def final_result(view: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """Finished jobs and cached reports in diskcache: str keys, bytes values, never pickle.
 
 Keys: ``job:{id}`` → the job's JSON view, ``result:{id}`` → its result bytes,
-``key:{cache_key}`` → the id whose fresh result answers that cache key. Only the broker
+``key:{cache_key}`` → the id whose fresh result answers that cache key, ``spec:{id}`` →
+what a retry of a failed or cancelled job needs (``broker.retry``). Only the broker
 writes (``ResultStore``); the web server reads the SQLite file read-only
 (``ResultReader``) for the cache-hit fast path.
 """
@@ -90,6 +91,8 @@ class ResultStore:
                     self.cache.set(f"result:{rec.job_id}", rec.result, expire=rec.retention_s)
                 if rec.cache_key is not None:
                     self.cache.set(f"key:{rec.cache_key}", rec.job_id.encode(), expire=rec.ttl_s)
+                if rec.spec is not None:
+                    self.cache.set(f"spec:{rec.job_id}", _dump(rec.spec), expire=rec.retention_s)
 
     def cull(self) -> int:
         """Drop expired entries, then evict down to the size limit; return how many went."""
@@ -106,6 +109,14 @@ class ResultStore:
         """The job id cached under ``cache_key`` while fresh."""
         value = self.cache.get(f"key:{cache_key}")
         return value.decode() if value is not None else None
+
+    def retry_spec(self, job_id: str) -> dict[str, Any] | None:
+        """A finished job's retry spec; ``{"state"}`` alone for a done one; None if unknown."""
+        spec = self.cache.get(f"spec:{job_id}")
+        if spec is not None:
+            return dict(json.loads(spec))
+        stored = self.job(job_id)
+        return None if stored is None else {"state": stored[0].get("state")}
 
     def close(self) -> None:
         """Close the cache's database connection."""

@@ -1,8 +1,10 @@
-"""A live progress bar for ``jobcast submit --wait`` (only drawn on a terminal)."""
+"""Terminal output: the live progress bar of ``jobcast submit --wait`` (only drawn on a
+terminal) and the lines of ``jobcast failed``."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Protocol
 
 BAR_WIDTH = 30
@@ -29,3 +31,15 @@ def follow(client: _Client, job_id: str, show_bar: bool) -> None:
         sys.stderr.write("\r\x1b[K" + render_bar(event))
         sys.stderr.flush()
     sys.stderr.write("\n")
+
+
+def failure_line(view: dict[str, Any]) -> str:
+    """One line per failed job: id, task, when it ended, attempts, error type: message."""
+    ended = view.get("finished_at")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ended)) if ended else "-"
+    error = view.get("error") or {}
+    message = str(error.get("message", "")).splitlines()[0] if error.get("message") else ""
+    return (
+        f"{view['id']}  {view['task']}  {when}  attempts {view.get('attempts', 0)}"
+        f"  {error.get('type', '')}: {message[:200]}"
+    )

@@ -28,12 +28,17 @@ class FakeResults:
     def __init__(self) -> None:
         self.jobs: dict[str, tuple[dict[str, Any], bytes | None]] = {}
         self.keys: dict[str, str] = {}
+        self.specs: dict[str, dict[str, Any]] = {}
 
     def job(self, job_id: str) -> tuple[dict[str, Any], bytes | None] | None:
         return self.jobs.get(job_id)
 
     def job_for_key(self, cache_key: str) -> str | None:
         return self.keys.get(cache_key)
+
+    def retry_spec(self, job_id: str) -> dict[str, Any] | None:
+        stored = self.jobs.get(job_id)
+        return self.specs.get(job_id) or (None if stored is None else {"state": stored[0]["state"]})
 
     def apply(self, effects: list[Effect]) -> None:
         for effect in effects:

@@ -37,6 +37,9 @@ SAMPLES: list[p.Message] = [
     p.Progress(id=JOB_ID, attempt=1, done=4, total=10, message="step 4"),
     p.Event(id=JOB_ID, seq=9, epoch=2, state="running", done=4, total=10, message="step 4",
             eta_s=6.0, ts=1_700_000_000.5, attempts=1, error=None, extra={"position": 0}),
+    p.ListJobs(req=9, state="failed", task="report", limit=1000),
+    p.JobList(req=10, views=b'[{"id":"x","state":"failed"}]'),
+    p.Retry(req=11, id=JOB_ID),
 ]
 
 
@@ -252,3 +255,29 @@ def test_rejects_lone_surrogate_in_list_item() -> None:
 def test_encode_refuses_nan() -> None:
     with pytest.raises(ValueError):
         p.encode(p.Event(id=JOB_ID, seq=1, epoch=1, state="running", eta_s=float("nan")))
+
+
+def test_list_jobs_defaults_round_trip() -> None:
+    msg = p.ListJobs(req=1)
+    assert p.decode(p.encode(msg)) == p.ListJobs(req=1, state=None, task=None, limit=50)
+
+
+def test_rejects_list_jobs_with_a_str_limit() -> None:
+    refuse(frames_of(p.ListJobs, {"req": 1, "limit": "10"}), r"ListJobs\.limit: wrong type str")
+
+
+def test_rejects_list_jobs_with_a_numeric_state() -> None:
+    refuse(frames_of(p.ListJobs, {"req": 1, "state": 3}), r"ListJobs\.state: wrong type int")
+
+
+def test_rejects_job_list_without_its_payload() -> None:
+    refuse(frames_of(p.JobList, {"req": 1}), r"JobList\.views: wrong type NoneType")
+
+
+def test_rejects_oversized_job_list_payload() -> None:
+    payload = b"[" + b" " * p.MAX_RESULT_BYTES + b"]"
+    refuse(frames_of(p.JobList, {"req": 1}, payload), "exceeds")
+
+
+def test_rejects_retry_without_an_id() -> None:
+    refuse(frames_of(p.Retry, {"req": 1}), r"Retry: .*missing .*'id'")
