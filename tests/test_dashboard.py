@@ -180,7 +180,7 @@ def test_events_socket_checks_cookie_and_origin_then_pushes_jobs_and_stats(dash:
 
     snapshot, done, stats = run(feed())
     assert snapshot["kind"] == "snapshot" and snapshot["stats"]["workers"] == 2
-    assert isinstance(snapshot["jobs"], list) and "complete" in snapshot
+    assert isinstance(snapshot["jobs"], list)
     assert done["kind"] == "event" and done["task"] == "slow" and done["done"] == 10
     assert {"queued", "running", "queues", "workers", "idle_workers"} <= set(stats["stats"])
 
@@ -195,3 +195,51 @@ def test_dashboard_feed_ends_when_the_last_dashboard_closes(dash: WebStack) -> N
     run(open_and_close())
     # the all-jobs topic is gone from the web's subscriptions: only job topics remain watched
     wait_for(lambda: httpx.get(f"{dash.url}/healthz", timeout=10).json()["watched_jobs"] == 0)
+
+
+def test_list_and_retry_need_the_token_and_a_same_origin_json_post(dash: WebStack) -> None:
+    url, bearer = dash.url, {"Authorization": f"Bearer {TOKEN}"}
+    failed_id = httpx.post(f"{url}/api/jobs", json={"task": "fail", "args": {}}, timeout=10).json()["id"]
+    wait_for(lambda: httpx.get(f"{url}/api/jobs/{failed_id}", timeout=10).json()["state"] == "failed", 15)
+    listed = httpx.get(f"{url}/dashboard/api/jobs?state=failed", headers=bearer, timeout=10).json()
+    assert [job["id"] for job in listed] == [failed_id]
+    assert listed[0]["error"]["type"] == "ValueError" and "args" not in listed[0]
+    retry_url = f"{url}/dashboard/api/jobs/{failed_id}/retry"
+    assert httpx.post(retry_url, json={}, timeout=10).status_code == 401
+    evil = httpx.post(retry_url, json={}, headers={**bearer, "Origin": EVIL}, timeout=10)
+    assert evil.status_code == 403
+    form = httpx.post(retry_url, data={"x": "1"}, headers={"Cookie": session_cookie(url)}, timeout=10)
+    assert form.status_code == 415  # a cross-site form cannot send JSON
+    unknown = httpx.post(f"{url}/dashboard/api/jobs/{'A' * 22}/retry", json={}, headers=bearer, timeout=10)
+    assert unknown.status_code == 404
+    retried = httpx.post(
+        retry_url, json={}, headers={"Cookie": session_cookie(url), "Origin": url}, timeout=10
+    )
+    assert retried.status_code == 202, retried.text
+    new_id = retried.json()["id"]
+    assert new_id != failed_id and retried.json()["task"] == "fail"
+    wait_for(lambda: httpx.get(f"{url}/api/jobs/{new_id}", timeout=10).json()["state"] == "failed", 15)
+    again = httpx.get(f"{url}/dashboard/api/jobs?state=failed&task=fail&limit=5", headers=bearer, timeout=10)
+    assert [job["id"] for job in again.json()] == [new_id, failed_id]
+
+
+def test_snapshot_lists_running_and_queued_jobs(dash: WebStack) -> None:
+    ids = [
+        httpx.post(f"{dash.url}/api/jobs", json={"task": "slow", "args": {"seconds": 8 + n, "steps": 80}},
+                   timeout=10).json()["id"]
+        for n in range(3)
+    ]  # fmt: skip
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    running = f"{dash.url}/dashboard/api/jobs?state=running"
+    wait_for(lambda: len(httpx.get(running, headers=headers, timeout=10).json()) == 2, 15)  # 2 workers
+
+    async def first_message() -> dict[str, Any]:
+        async with connect(f"{dash.web.ws_url}/dashboard/events", additional_headers=headers) as ws:
+            return dict(json.loads(await ws.recv()))
+
+    snapshot = run(first_message())
+    states = {job["id"]: job["state"] for job in snapshot["jobs"]}
+    assert set(ids) <= set(states) and sorted(states[i] for i in ids) == ["queued", "running", "running"]
+    assert snapshot["stats"]["queues"]["slow"] == {"queued": 1, "running": 2}
+    for job_id in ids:
+        httpx.delete(f"{dash.url}/api/jobs/{job_id}", timeout=10)

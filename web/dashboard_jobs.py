@@ -1,15 +1,11 @@
-"""Job lists and retry for the dashboard, through the broker's LIST and RETRY commands.
-
-Fallback, kept apart here: with a broker client that has no ``jobs()`` (LIST) the dashboard
-snapshot carries no job lists (``complete: false``) and the page shows the jobs it saw since
-it opened; without ``retry()`` (RETRY) the retry route answers 501.
-"""
+"""Job lists and retry for the dashboard, through the broker's LIST and RETRY commands."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
 
+from broker.async_client import AsyncClient
 from broker.jobs import State, check_task_name
 from web.errors import ApiError
 
@@ -27,15 +23,12 @@ def job_fields(job: Mapping[str, Any]) -> dict[str, Any]:
     return {name: job.get(name) for name in JOB_FIELDS}
 
 
-async def job_lists(client: Any) -> tuple[list[dict[str, Any]], bool]:
-    """Running, queued and recently failed jobs for a snapshot, and whether LIST exists."""
-    list_call = getattr(client, "jobs", None)
-    if list_call is None:
-        return [], False
+async def job_lists(client: AsyncClient) -> list[dict[str, Any]]:
+    """Running, queued and recently failed jobs for a dashboard snapshot, newest first."""
     found: list[dict[str, Any]] = []
     for state, limit in SNAPSHOT_LIMITS.items():
-        found.extend(job_fields(job) for job in await list_call(state=state, limit=limit))
-    return found, True
+        found.extend(job_fields(job) for job in await client.jobs(state=state, limit=limit))
+    return found
 
 
 def list_query(params: Mapping[str, str]) -> dict[str, Any]:
@@ -56,28 +49,16 @@ def list_query(params: Mapping[str, str]) -> dict[str, Any]:
     return {"state": state, "task": task, "limit": int(raw)}
 
 
-async def list_jobs(client: Any, params: Mapping[str, str]) -> list[dict[str, Any]]:
+async def list_jobs(client: AsyncClient, params: Mapping[str, str]) -> list[dict[str, Any]]:
     """Jobs matching the query, newest first.
 
     Raises:
-        ApiError: 400 for a bad query, 501 when the broker client cannot list jobs.
+        ApiError: 400 for a bad query.
     """
-    query = list_query(params)
-    list_call = getattr(client, "jobs", None)
-    if list_call is None:
-        raise ApiError(501, "this jobcast version cannot list jobs (no LIST command)")
-    return [job_fields(job) for job in await list_call(**query)]
+    return [job_fields(job) for job in await client.jobs(**list_query(params))]
 
 
-async def retry_job(client: Any, job_id: str) -> dict[str, Any]:
-    """Re-submit a failed job; the new job's view.
-
-    Raises:
-        ApiError: 501 when the broker client cannot retry jobs.
-    """
-    retry_call = getattr(client, "retry", None)
-    if retry_call is None:
-        raise ApiError(501, "this jobcast version cannot retry jobs (no RETRY command)")
-    job = await retry_call(job_id)
-    view = getattr(job, "view", job)
-    return job_fields(view)
+async def retry_job(client: AsyncClient, job_id: str) -> dict[str, Any]:
+    """Re-submit a failed or cancelled job under a new id; the new job's view."""
+    job = await client.retry(job_id)
+    return job_fields(job.view)

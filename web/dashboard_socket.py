@@ -35,8 +35,7 @@ QUIET_ENDINGS: Final = (WebSocketDisconnect, OSError, TimeoutError, asyncio.Canc
 async def snapshot(hub: DashboardHub) -> dict[str, Any]:
     """What a dashboard starts from: the figures and the running, queued and failed jobs."""
     stats = await hub.stats()
-    jobs, complete = await job_lists(hub.client)
-    return {"kind": "snapshot", "stats": stats, "jobs": jobs, "complete": complete}
+    return {"kind": "snapshot", "stats": stats, "jobs": await job_lists(hub.client)}
 
 
 async def dashboard_events(websocket: WebSocket) -> None:

@@ -1,7 +1,7 @@
 /* jobcast dashboard: every job's state and progress, and the broker's figures, pushed.
  *
  * One WebSocket, {base}dashboard/events (the session cookie signs it in), sends
- *   {kind: "snapshot", stats, jobs: [...], complete}   first, and again after a resync;
+ *   {kind: "snapshot", stats, jobs: [...]}             first, and again after a resync;
  *   {kind: "event", id, task, seq, epoch, state, done, total, message, eta_s, error}
  *   {kind: "stats", stats}                              about once a second.
  * Events older than what a row shows (same epoch, lower or equal seq) are ignored, so
@@ -94,10 +94,6 @@
 
   function applySnapshot(snapshot) {
     applyStats(snapshot.stats);
-    var note = $("dashboard-note");
-    note.hidden = !!snapshot.complete;
-    note.textContent = snapshot.complete ? "" :
-      "This broker cannot list jobs: showing the jobs seen since this page opened.";
     var listed = {};
     (snapshot.jobs || []).forEach(function (job) { listed[job.id] = true; update(job); });
     refreshStale(listed);
