@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from helpers import ReadyProcess, wait_for
-from web_fixtures import WebServer, WebStack
+from web_fixtures import DASHBOARD_TOKEN, WebServer, WebStack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-TOKEN = "correct-horse-battery-staple-42"
+TOKEN = DASHBOARD_TOKEN
 EVIL = "https://evil.example"
 
 
@@ -23,16 +23,9 @@ def run(coro: Coroutine[Any, Any, Any], timeout_s: float = 30) -> Any:
 
 
 @pytest.fixture
-def dash(
-    start_broker: Callable[..., ReadyProcess],
-    start_workers: Callable[..., ReadyProcess],
-    start_web: Callable[..., WebServer],
-    part_env: dict[str, str],
-) -> WebStack:
+def dash(dashboard_stack: WebStack) -> WebStack:
     """Broker, 2 test workers and a web server whose dashboard token is ``TOKEN``."""
-    broker = start_broker()
-    web = start_web(env={"JOBCAST_DASHBOARD_TOKEN": TOKEN})
-    return WebStack(broker, start_workers(2), web)
+    return dashboard_stack
 
 
 def session_cookie(url: str) -> str:
@@ -171,7 +164,9 @@ def test_events_socket_checks_cookie_and_origin_then_pushes_jobs_and_stats(dash:
         async with connect(events_url, additional_headers=headers, open_timeout=5) as ws:
             snapshot = json.loads(await ws.recv())
             job = await asyncio.to_thread(
-                httpx.post, f"{dash.url}/api/jobs", json={"task": "slow", "args": {"seconds": 1, "steps": 10}}
+                httpx.post,
+                f"{dash.url}/api/jobs",
+                json={"task": "slow", "args": {"seconds": 1, "steps": 10}},
             )
             job_id = job.json()["id"]
             done = await next_message(ws, lambda m: m.get("id") == job_id and m.get("state") == "done")
