@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
 import pytest
-from helpers import ReadyProcess, wait_for
+from helpers import ReadyProcess, children_of, jobcast, wait_for
 from web_fixtures import DASHBOARD_TOKEN, WebServer, WebStack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -238,3 +241,30 @@ def test_snapshot_lists_running_and_queued_jobs(dash: WebStack) -> None:
     assert snapshot["stats"]["queues"]["slow"] == {"queued": 1, "running": 2}
     for job_id in ids:
         httpx.delete(f"{dash.url}/api/jobs/{job_id}", timeout=10)
+
+
+def test_up_passes_the_token_to_the_web_part_off_its_command_line(
+    base_url: str, tmpdir_short: str, part_env: dict[str, str], processes: list[ReadyProcess]
+) -> None:
+    data = os.path.join(tmpdir_short, "data")
+    argv = jobcast("up", "--port", "0", "--workers", "1", "--broker", base_url, "--data", data,
+                   "--dashboard-token", TOKEN)  # fmt: skip
+    up = ReadyProcess(argv, env=part_env, ready_timeout_s=60)
+    processes.append(up)
+    url = up.ready_line.split(" ready ", 1)[1].split()[0]
+    session = httpx.get(
+        f"{url}/dashboard/api/session", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
+    assert session.status_code == 200
+    for pid in children_of(up.pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            assert TOKEN.encode() not in cmdline.read()
+    up.signal(signal.SIGTERM)
+    assert up.wait(timeout_s=20) == 0
+
+
+def test_web_refuses_a_short_token(base_url: str, part_env: dict[str, str]) -> None:
+    argv = jobcast("web", "--broker", base_url, "--port", "0", "--dashboard-token", "short")
+    short = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**os.environ, **part_env})
+    assert short.returncode == 2
+    assert "dashboard token must be at least 16" in short.stderr
