@@ -24,6 +24,7 @@ from broker.replies import (
     job_list,
     job_view,
     list_message,
+    metrics_view,
     published_event,
     submit_message,
 )
@@ -144,6 +145,10 @@ class AsyncClient:
     async def retry(self, job_id: str) -> AsyncJob:
         """Re-submit a failed or cancelled job under a new id (see ``Client.retry``)."""
         return AsyncJob(self, job_view(await self._call(p.Retry(req=next(self._reqs), id=job_id))))
+
+    async def metrics(self) -> dict[str, Any]:
+        """Per-task counts and time histograms (``broker.metrics``), the stats under ``stats``."""
+        return metrics_view(await self._call(p.Stats(req=next(self._reqs), metrics=True)))
 
     async def stats(self) -> dict[str, Any]:
         """Queue, worker and counter figures."""

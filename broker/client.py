@@ -27,6 +27,7 @@ from broker.replies import (
     job_list,
     job_view,
     list_message,
+    metrics_view,
     published_event,
     submit_message,
 )
@@ -171,6 +172,10 @@ class Client:
     def retry(self, job_id: str) -> Job:
         """Re-submit a failed or cancelled job under a new id; raises UnknownJob or BrokerError."""
         return Job(self, job_view(self._call(p.Retry(req=next(self._reqs), id=job_id))))
+
+    def metrics(self) -> dict[str, Any]:
+        """Per-task counts and time histograms (``broker.metrics``), the stats under ``stats``."""
+        return metrics_view(self._call(p.Stats(req=next(self._reqs), metrics=True)))
 
     def stats(self) -> dict[str, Any]:
         """Queue, worker and counter figures."""

@@ -9,6 +9,7 @@ user-visible timestamps are ``now + wall_offset_s``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from typing import Any, Final, Protocol
@@ -19,6 +20,7 @@ from broker.errors import BadArguments, ProtocolError
 from broker.jobs import Job, State, job_from_record, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
 from broker.listing import check_filters, encode_views, select_jobs
+from broker.metrics import Metrics
 from broker.outbox import Outbox
 from broker.progress import EtaEstimator
 from broker.retry import resubmission, retry_spec
@@ -82,6 +84,7 @@ class BrokerProtocol:
         self.out = Outbox(epoch, wall_offset_s)
         self.subscriptions = self.out.subscriptions
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.metrics = Metrics()
         self.storage_error: str | None = None  # set by the shell while the data dir is full
 
     # --- the shell's interface ---------------------------------------------------------
@@ -107,7 +110,8 @@ class BrokerProtocol:
             case p.Wait():
                 self._wait(peer, msg)
             case p.Stats():
-                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats()))
+                figures = self.metrics_json() if msg.metrics else None
+                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats(), metrics=figures))
             case p.ListJobs():
                 self._list(peer, msg)
             case p.Retry():
@@ -212,6 +216,11 @@ class BrokerProtocol:
             "tasks": sorted(self.defaults.tasks()),
             **self.counters,
         }
+
+    def metrics_json(self) -> bytes:
+        """Per-task counts and time histograms (``broker.metrics``) as JSON bytes."""
+        live = (self.jobs[job_id] for job_id in self.by_key.values())
+        return json.dumps(self.metrics.snapshot(live), separators=(",", ":")).encode()
 
     # --- client requests ---------------------------------------------------------------
 
@@ -446,6 +455,7 @@ class BrokerProtocol:
         self.defaults.resolve(job)
         job.worker = slot.peer
         job.started_at = self._wall(now)
+        self.metrics.started(job)
         job.eta_s = None
         self.etas.pop(job.id, None)
         self.out.journal(job)
@@ -459,9 +469,11 @@ class BrokerProtocol:
     # --- final states ------------------------------------------------------------------------
 
     def _finish(self, job: Job, state: State, now: float, error: dict[str, str] | None) -> None:
+        was_running = job.state is State.RUNNING
         job.move_to(state)
         job.error = error
         job.finished_at = self._wall(now)
+        self.metrics.finished(job, was_running)
         job.eta_s = 0.0 if state is State.DONE else None
         self.counters[str(state)] += 1
         if self.by_key.get(job.cache_key) == job.id:

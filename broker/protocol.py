@@ -11,7 +11,8 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
 Who sends what::
 
     client → broker    SUBMIT STATUS CANCEL WAIT STATS LIST RETRY
-    broker → client    JOB (a job snapshot, result as payload) COUNTERS ERROR
+    broker → client    JOB (a job snapshot, result as payload) ERROR
+                       COUNTERS (per-task metrics JSON as payload when STATS asked for them)
                        JOBS (reply to LIST: a JSON array of job views as payload)
     worker → broker    READY HEARTBEAT DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
@@ -117,9 +118,10 @@ class Wait:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
-    """Ask for queue, worker and counter figures."""
+    """Ask for queue, worker and counter figures (and per-task metrics if ``metrics``)."""
 
     req: int
+    metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,10 +161,11 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Counters:
-    """The broker's figures, in reply to ``Stats``."""
+    """The broker's figures, in reply to ``Stats``; ``metrics`` is JSON (payload) if asked."""
 
     req: int
     stats: dict[str, Any]
+    metrics: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,10 +322,12 @@ PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Done: "result",
     Snapshot: "result",
     JobList: "views",
+    Counters: "metrics",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
     Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
     Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES, JobList: MAX_RESULT_BYTES,
+    Counters: MAX_RESULT_BYTES,
 }  # fmt: skip
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
 

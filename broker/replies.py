@@ -72,6 +72,18 @@ def job_list(reply: p.Message) -> list[dict[str, Any]]:
     return views
 
 
+def metrics_view(reply: p.Message) -> dict[str, Any]:
+    """The per-task figures of a ``Counters`` reply, with the broker's stats under ``stats``."""
+    if isinstance(reply, p.Error):
+        raise error_for_code(reply.code, reply.message)
+    if not isinstance(reply, p.Counters) or reply.metrics is None:
+        raise ProtocolError(f"expected counters with metrics, got {type(reply).__name__}")
+    figures = json.loads(reply.metrics)
+    if not isinstance(figures, dict):
+        raise ProtocolError("metrics must be a JSON object")
+    return {**figures, "stats": reply.stats}
+
+
 def final_result(view: dict[str, Any]) -> Any:
     """The result of a finished job, or the exception its final state means."""
     match view["state"]:

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PURE = ["protocol", "jobs", "scheduling", "progress", "liveness", "lifecycle", "submission",
         "workforce", "outbox", "effects", "core", "replies", "addresses", "listing", "retry",
-        "alljobs", "tally"]
+        "outbound", "metrics", "alljobs", "tally"]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]
 ALLOWED_BROKER_IMPORTS = {f"broker.{name}" for name in [*PURE, "errors"]}
 IO_MODULES = {"zmq", "asyncio", "socket", "diskcache", "sqlite3"}

@@ -22,7 +22,7 @@ SAMPLES: list[p.Message] = [
     p.Stats(req=5),
     p.Snapshot(req=6, job={"id": JOB_ID, "state": "done", "done": 3, "total": 3},
                result=b'{"rows":[1,2,3]}'),
-    p.Counters(req=7, stats={"queued": 2, "workers": 1, "tasks": ["echo"]}),
+    p.Counters(req=7, stats={"queued": 2, "workers": 1, "tasks": ["echo"]}, metrics=b'{"tasks":{}}'),
     p.Error(req=8, code="unknown_job", message="no such job"),
     p.Ready(tasks=["echo", "report"], options={"echo": {"ttl_s": 10, "max_attempts": 2}},
             pid=4242, host="box-1"),

@@ -20,11 +20,12 @@ from starlette.routing import Route
 from broker.errors import BadArguments, UnknownJob
 from broker.jobs import PRIORITIES, canonical_args, check_task_name, is_job_id, parse_args
 from web.auth import request_scope
+from web.callbacks import CallbackSender, check_callback_url
 from web.errors import ApiError
 from web.settings import Settings
 from web.throttle import check_submit
 
-SUBMIT_FIELDS: Final = frozenset({"task", "args", "ttl", "force", "priority", "delay"})
+SUBMIT_FIELDS: Final = frozenset({"task", "args", "ttl", "force", "priority", "delay", "callback_url"})
 MAX_TTL_S: Final = 10 * 365 * 86400.0
 MAX_DELAY_S: Final = 365 * 86400.0
 HEALTH_TIMEOUT_S: Final = 2.0
@@ -40,6 +41,7 @@ class SubmitRequest:
     force: bool = False
     priority: str = "normal"
     delay: float = 0.0
+    callback_url: str | None = None
 
 
 def parse_submit(body: Any) -> SubmitRequest:
@@ -69,7 +71,10 @@ def parse_submit(body: Any) -> SubmitRequest:
         raise BadArguments(f"priority must be one of {', '.join(PRIORITIES)} (got {priority!r})")
     ttl = _number(body.get("ttl"), "ttl", MAX_TTL_S, optional=True)
     delay = _number(body.get("delay", 0.0), "delay", MAX_DELAY_S) or 0.0
-    return SubmitRequest(task, args, ttl, force, str(priority), delay)
+    callback_url = body.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise BadArguments("callback_url must be a string")
+    return SubmitRequest(task, args, ttl, force, str(priority), delay, callback_url)
 
 
 def _number(value: Any, name: str, maximum: float, optional: bool = False) -> float | None:
@@ -123,6 +128,10 @@ async def submit_job(request: Request) -> JSONResponse:
     check_origin(request)
     check_submit(request)  # 429 past the client's rate, before the body is even read
     body = parse_submit(await read_json(request))
+    callbacks: CallbackSender = request.state.callbacks
+    target = None if body.callback_url is None else check_callback_url(body.callback_url, callbacks.policy)
+    if target is not None:
+        callbacks.check_capacity()  # 503 before the job exists
     job = await request.state.client.submit(
         body.task,
         body.args,
@@ -132,6 +141,8 @@ async def submit_job(request: Request) -> JSONResponse:
         delay=body.delay,
         scope=request_scope(request),  # the signed-in user's, when the host app authenticates
     )
+    if target is not None:
+        callbacks.schedule(job.id, target)
     view = dict(job.view)
     finished = view.get("cached") or view.get("state") == "done"
     return JSONResponse(view, status_code=200 if finished else 202)

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.addresses import endpoints
 from broker.client import AsyncClient
 from broker.results import ResultReader
-from web import api, dashboard, events, pages
+from web import api, dashboard, events, metrics, pages
+from web.callbacks import CallbackPolicy, CallbackSender
 from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
 from web.relay import Relay
@@ -87,6 +88,7 @@ def jobcast_lifespan(
         relay = Relay(context, events_url, settings.queue_size, curve=settings.curve)
         client = AsyncClient(settings.broker_url, context=context, curve=settings.curve)
         results = ResultReader(settings.data_dir)  # read-only: the cache-hit fast path
+        callbacks = CallbackSender(client, CallbackPolicy.from_env())
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
@@ -94,11 +96,13 @@ def jobcast_lifespan(
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,
-                           "limits": limits, "dashboard": hub}  # fmt: skip
+                           "limits": limits, "callbacks": callbacks, "dashboard": hub,
+                           "metrics": metrics.MetricsExporter()}  # fmt: skip
                 finally:
                     reader.cancel()
                     await hub.close()
         finally:
+            await callbacks.aclose()
             await client.aclose()
             results.close()
             relay.close()
@@ -122,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *api.routes,
         *events.routes,
         *pages.routes,
+        *metrics.routes,
         *dashboard.routes,
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
         Mount("/demo/feeds", StaticFiles(directory=PACKAGE_DIR / "demo_feeds"), name="feeds"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import ipaddress
 import os
 import posixpath
 import socket
@@ -30,6 +29,7 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 import feedparser  # type: ignore[import-untyped]
 
 from broker.errors import BadArguments
+from broker.outbound import is_public_address
 from workers import Job, task
 
 ALLOW_ENV: Final = "JOBCAST_FEEDS_ALLOW"
@@ -107,14 +107,6 @@ def is_allowlisted(parts: SplitResult, allowlist: tuple[str, ...]) -> bool:
 
 def _port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def is_public_address(address: str) -> bool:
-    """Whether an IP address is globally routable (not loopback, private, link-local...)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 def resolve(parts: SplitResult, allowlisted: bool) -> str:

@@ -1,0 +1,206 @@
+"""``callback_url``: POST a job's final view to a URL the submitter gave, from the web process.
+
+Who delivers: the web process that took ``POST /api/jobs {"callback_url": ...}``. It waits
+for the job's end over its broker connection (``AsyncClient.wait``, which survives broker
+restarts) and POSTs the final view as JSON, retrying a failed delivery (network error or a
+non-2xx answer) ``attempts`` times with doubling back-off. A callback lives in that process
+only: if the web process stops first, it is not delivered.
+
+Not an SSRF gadget: only ``http``/``https`` URLs with a host and no credentials; the host is
+resolved at delivery, every address it has must be public (``broker.outbound``) and the
+request goes to the address that was checked (no DNS rebinding); no redirects are followed.
+Hosts listed in ``$JOBCAST_CALLBACK_ALLOW_HOSTS`` (space- or comma-separated host names or
+addresses) may resolve anywhere, e.g. an internal receiver. Bounded: a per-request timeout,
+a body of at most ``max_body_bytes`` (a larger result is left out, ``result_omitted``), and
+at most ``max_pending`` undelivered callbacks (past that, submissions with a callback get 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import SplitResult, urlsplit
+
+from broker.client import AsyncClient
+from broker.errors import BadArguments
+from broker.outbound import is_ip_literal, is_public_address
+from web.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+ALLOW_ENV: Final = "JOBCAST_CALLBACK_ALLOW_HOSTS"
+MAX_URL_CHARS: Final = 2048
+MAX_STATUS_LINE_BYTES: Final = 8192
+USER_AGENT: Final = "jobcast-callback/0.1"
+
+
+class CallbackRefused(Exception):
+    """A callback target this process will not send to (no retry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackPolicy:
+    """Where callbacks may go and what they may cost."""
+
+    allow_hosts: frozenset[str] = frozenset()
+    max_pending: int = 1000
+    attempts: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 10.0
+    max_body_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> CallbackPolicy:
+        """The policy from ``$JOBCAST_CALLBACK_*`` (ALLOW_HOSTS, MAX_PENDING, BACKOFF_S)."""
+        hosts = os.environ.get(ALLOW_ENV, "").replace(",", " ").split()
+        return cls(
+            allow_hosts=frozenset(host.lower().strip("[]") for host in hosts),
+            max_pending=int(os.environ.get("JOBCAST_CALLBACK_MAX_PENDING", "1000")),
+            backoff_s=float(os.environ.get("JOBCAST_CALLBACK_BACKOFF_S", "1.0")),
+        )
+
+    def allowlisted(self, host: str) -> bool:
+        """Whether ``host`` may resolve to any address."""
+        return host.lower() in self.allow_hosts
+
+
+def check_callback_url(url: Any, policy: CallbackPolicy) -> SplitResult:
+    """Parse a callback URL; refuse what can never be sent to (checked again at delivery).
+
+    Raises:
+        BadArguments: not an absolute http(s) URL with a host, credentials in it, or a
+            literal address that is not public (and not allowlisted).
+    """
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_URL_CHARS:
+        raise BadArguments(f"callback_url must be a string of 1..{MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise BadArguments(f"callback_url is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise BadArguments(f"callback_url must be an http or https URL with a host (got {url[:100]!r})")
+    if parts.username is not None or parts.password is not None:
+        raise BadArguments("callback_url must not carry credentials")
+    host = parts.hostname
+    if is_ip_literal(host) and not policy.allowlisted(host) and not is_public_address(host):
+        raise BadArguments(f"callback_url must not point at a non-public address (got {host})")
+    return parts
+
+
+def callback_body(view: dict[str, Any], max_bytes: int) -> bytes:
+    """The JSON body for a final view; the result is left out if the body would be too big."""
+    body = json.dumps(view, separators=(",", ":")).encode()
+    if len(body) <= max_bytes:
+        return body
+    trimmed = {key: value for key, value in view.items() if key != "result"}
+    return json.dumps({**trimmed, "result_omitted": True}, separators=(",", ":")).encode()
+
+
+async def resolve_checked(parts: SplitResult, policy: CallbackPolicy) -> str:
+    """The address to connect to, after checking every address the host resolves to."""
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OSError(f"cannot resolve {host!r}: {exc}") from None
+    addresses = [str(info[4][0]) for info in infos]
+    if not policy.allowlisted(host):
+        for address in addresses:
+            if not is_public_address(address):
+                raise CallbackRefused(f"{host!r} resolves to {address}, which is not a public address")
+    return addresses[0]
+
+
+async def post_json(parts: SplitResult, address: str, body: bytes, timeout_s: float) -> int:
+    """POST ``body`` to the checked address (TLS checked for the host); the status code."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: {USER_AGENT}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(
+            address, port, ssl=tls, server_hostname=parts.hostname if tls else None,
+            limit=MAX_STATUS_LINE_BYTES,
+        )  # fmt: skip
+        try:
+            writer.write(head.encode("latin-1") + body)
+            await writer.drain()
+            status_line = await reader.readline()
+        finally:
+            writer.close()
+    fields = status_line.split()
+    if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
+        raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
+    return int(fields[1])
+
+
+class CallbackSender:
+    """The pending callbacks of one web process: waits, POSTs, retries; bounded."""
+
+    def __init__(self, client: AsyncClient, policy: CallbackPolicy) -> None:
+        self.client = client
+        self.policy = policy
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def check_capacity(self) -> None:
+        """Refuse (503) a new callback while ``max_pending`` wait for delivery."""
+        if len(self.pending) >= self.policy.max_pending:
+            raise ApiError(503, f"too many pending callbacks ({self.policy.max_pending}); retry later")
+
+    def schedule(self, job_id: str, parts: SplitResult) -> None:
+        """Deliver the job's final view to ``parts`` once it ends."""
+        task = asyncio.get_running_loop().create_task(self._deliver(job_id, parts))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _deliver(self, job_id: str, parts: SplitResult) -> None:
+        try:
+            view = await self.client.wait(job_id)
+        except Exception:
+            logger.exception("job %s: callback dropped: its end could not be awaited", job_id)
+            return
+        body = callback_body(view, self.policy.max_body_bytes)
+        for attempt in range(1, self.policy.attempts + 1):
+            if await self._attempt(job_id, parts, body, attempt):
+                return
+            if attempt < self.policy.attempts:
+                await asyncio.sleep(self.policy.backoff_s * 2 ** (attempt - 1))
+        logger.warning("job %s: callback to %s given up after %s attempts",
+                       job_id, parts.hostname, self.policy.attempts)  # fmt: skip
+
+    async def _attempt(self, job_id: str, parts: SplitResult, body: bytes, attempt: int) -> bool:
+        """One delivery attempt; True when done (delivered, or refused for good)."""
+        try:
+            address = await resolve_checked(parts, self.policy)
+            status = await post_json(parts, address, body, self.policy.timeout_s)
+        except CallbackRefused as exc:
+            logger.warning("job %s: callback refused: %s", job_id, exc)
+            return True
+        except (OSError, TimeoutError, ValueError) as exc:
+            logger.info("job %s: callback attempt %s to %s failed: %s", job_id, attempt, parts.hostname, exc)
+            return False
+        if 200 <= status < 300:
+            logger.info("job %s: callback delivered to %s (HTTP %s)", job_id, parts.hostname, status)
+            return True
+        logger.info("job %s: callback attempt %s to %s got HTTP %s", job_id, attempt, parts.hostname, status)
+        return False
+
+    async def aclose(self) -> None:
+        """Cancel undelivered callbacks (they live in this process only)."""
+        tasks = list(self.pending)
+        if tasks:
+            logger.warning("dropping %s undelivered callbacks at shutdown", len(tasks))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
