@@ -140,7 +140,11 @@ class DashboardHub:
     async def _poll(self) -> None:
         while self.watches:
             await asyncio.sleep(self.interval_s)
-            stats = await self.stats()
+            try:
+                stats = await self.stats()
+            except Exception:  # the loop boundary: the open dashboards keep their feed
+                logger.warning("dashboard: stats failed", exc_info=True)
+                continue
             for watch in list(self.watches):
                 watch.push_stats(stats)
 
