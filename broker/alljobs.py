@@ -4,31 +4,36 @@ Every job event is also published under ``protocol.ALL_JOBS_TOPIC``, but only wh
 subscriber asked for exactly that topic (an empty-prefix subscriber already gets every
 job's own topic). With nobody subscribed the feed costs one dictionary lookup per event.
 
-State changes (queued, running, final) are always copied at once. Progress is thinned per
-job to one copy per ``interval_s``: a progress event inside the interval is held back, and
-the job's *latest* figures are copied when the interval ends (``due``), so a dashboard never
-stays on a stale bar, and a busy broker never floods dashboards. A state change for a job
-replaces its held-back progress.
+A change of state (queued, running, a final state, or the first event seen of a job) is
+copied at once, always. Every other event (progress, log lines, a queue place, a repeat
+for a new watcher) is thinned per job to one copy per ``interval_s``: one inside the
+interval is held back, and the job's *latest* figures are copied when the interval ends
+(``due``), so a dashboard never stays on a stale bar and a busy broker never floods it.
+A change of state replaces the held-back copy.
 """
 
 from __future__ import annotations
 
 from typing import Final, Generic, Protocol, TypeVar
 
+from broker.jobs import FINAL_STATES
 from broker.progress import Subscriptions
 from broker.protocol import ALL_JOBS_TOPIC
 
 PROGRESS_INTERVAL_S: Final = 0.2  # at most about 5 progress copies per job per second
 
 
-class Identified(Protocol):
-    """Anything with a job id (the broker's ``Job``)."""
+class Stateful(Protocol):
+    """Anything with a job id and a state (the broker's ``Job``)."""
 
     @property
     def id(self) -> str: ...
 
+    @property
+    def state(self) -> str: ...
 
-J = TypeVar("J", bound=Identified)
+
+J = TypeVar("J", bound=Stateful)
 
 
 class AllJobsFeed(Generic[J]):
@@ -37,8 +42,9 @@ class AllJobsFeed(Generic[J]):
     def __init__(self, subscriptions: Subscriptions, interval_s: float = PROGRESS_INTERVAL_S) -> None:
         self.subscriptions = subscriptions
         self.interval_s = interval_s
-        self.last_copy_s: dict[str, float] = {}  # job id → when progress was last copied
-        self.held: dict[str, J] = {}  # job id → job whose latest progress waits for ``due``
+        self.last_state: dict[str, str] = {}  # job id → the state last copied (live jobs only)
+        self.last_copy_s: dict[str, float] = {}  # job id → when it was last copied
+        self.held: dict[str, J] = {}  # job id → job whose latest figures wait for ``due``
         self.earliest_due_s = float("inf")  # cached: ``due`` and ``next_deadline`` run every turn
 
     @property
@@ -46,25 +52,17 @@ class AllJobsFeed(Generic[J]):
         """Whether anyone subscribed to the all-jobs topic itself."""
         return self.subscriptions.subscribed(ALL_JOBS_TOPIC)
 
-    def on_change(self, job: J, now: float, *, final: bool) -> bool:
-        """A state change: whether to copy it (always, while anyone listens)."""
+    def on_event(self, job: J, now: float) -> bool:
+        """Whether to copy this event of ``job`` now (else it may be held for ``due``)."""
         if not self.active:
             self._forget_all()
             return False
-        self.held.pop(job.id, None)
-        if final:
-            self.last_copy_s.pop(job.id, None)
-        else:
-            self.last_copy_s[job.id] = now
-        return True
-
-    def on_progress(self, job: J, now: float) -> bool:
-        """A progress event: whether to copy it now (else it is held for ``due``)."""
-        if not self.active:
-            self._forget_all()
-            return False
-        last = self.last_copy_s.get(job.id)
-        if last is None or now >= last + self.interval_s:
+        state = str(job.state)
+        if self.last_state.get(job.id) != state:
+            self._copied_change(job.id, state, now)
+            return True
+        last = self.last_copy_s[job.id]
+        if now >= last + self.interval_s:
             self.last_copy_s[job.id] = now
             self.held.pop(job.id, None)
             return True
@@ -72,8 +70,17 @@ class AllJobsFeed(Generic[J]):
         self.earliest_due_s = min(self.earliest_due_s, last + self.interval_s)
         return False
 
+    def _copied_change(self, job_id: str, state: str, now: float) -> None:
+        self.held.pop(job_id, None)
+        if state in FINAL_STATES:
+            self.last_state.pop(job_id, None)  # nothing follows a final state: forget the job
+            self.last_copy_s.pop(job_id, None)
+        else:
+            self.last_state[job_id] = state
+            self.last_copy_s[job_id] = now
+
     def due(self, now: float) -> list[J]:
-        """Jobs whose held-back progress is due now (their latest figures get copied)."""
+        """Jobs whose held-back copy is due now (their latest figures get copied)."""
         if now < self.earliest_due_s:
             return []
         ready = [
@@ -92,6 +99,7 @@ class AllJobsFeed(Generic[J]):
 
     def _forget_all(self) -> None:
         if self.last_copy_s or self.held:
+            self.last_state.clear()
             self.last_copy_s.clear()
             self.held.clear()
             self.earliest_due_s = float("inf")

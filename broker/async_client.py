@@ -20,7 +20,9 @@ from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
 from broker.replies import (
     EventFollower,
+    counters,
     final_result,
+    group_message,
     job_list,
     job_view,
     list_message,
@@ -61,6 +63,28 @@ class AsyncJob:
         """Call ``hook(final_view)`` once the job ends (see ``AsyncClient.on_done``)."""
         self.client.on_done(self.id, hook)
         return self
+
+
+class AsyncGroup:
+    """A handle on jobs submitted together, for asyncio code (see ``broker.client.Group``)."""
+
+    def __init__(self, client: AsyncClient, view: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = view["id"]
+        self.view = view
+        self.job_ids: list[str] = [row["id"] for row in view.get("children", [])]
+
+    async def status(self) -> dict[str, Any]:
+        """The group's snapshot, with its ``children`` rows."""
+        return await self.client.status(self.id)
+
+    def events(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Pushed aggregate events, ending when every child has ended."""
+        return self.client.events(self.id, after=after)
+
+    async def results(self, timeout: float | None = None) -> list[Any]:
+        """Every child's result, in order; raises the first JobFailed / JobCancelled."""
+        return list(await asyncio.gather(*(self.client.result(job_id, timeout) for job_id in self.job_ids)))
 
 
 class AsyncClient:
@@ -128,6 +152,16 @@ class AsyncClient:
             self.on_done(job.id, on_done)
         return job
 
+    async def group(self, task: str, args_list: list[dict[str, Any]], **options: Any) -> AsyncGroup:
+        """Submit one job per args as one group (see ``Client.group``)."""
+        defaults = {"ttl": None, "force": False, "priority": "normal", "delay": 0.0, "run_at": None,
+                    "scope": "", "max_attempts": None, "timeout": None}  # fmt: skip
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")
+        msg = group_message(next(self._reqs), task, args_list, **{**defaults, **options})
+        return AsyncGroup(self, job_view(await self._call(msg)))
+
     async def status(self, job_id: str) -> dict[str, Any]:
         """A job's snapshot (``result`` included once done); raises UnknownJob."""
         return job_view(await self._call(p.Status(req=next(self._reqs), id=job_id)))
@@ -157,6 +191,14 @@ class AsyncClient:
             job_view(reply)
             raise TypeError("unexpected reply to STATS")
         return reply.stats
+
+    async def pause(self, task: str) -> dict[str, Any]:
+        """Stop dispatching ``task``'s jobs (they stay queued); returns the paused tasks."""
+        return counters(await self._call(p.Pause(req=next(self._reqs), task=task)))
+
+    async def resume(self, task: str) -> dict[str, Any]:
+        """Dispatch a paused task's jobs again; returns the paused tasks."""
+        return counters(await self._call(p.Resume(req=next(self._reqs), task=task)))
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""

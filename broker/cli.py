@@ -1,5 +1,5 @@
 """The ``jobcast`` command line: up, broker, worker, web, keys, submit, status, cancel, stats,
-failed, retry."""
+failed, retry, pause, resume."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="write a CURVE key pair (for the broker or a worker)")
     keys.add_argument("directory", metavar="DIR")
     keys.add_argument("--name", default=socket.gethostname(), help="file name (default: host name)")
+    keys.add_argument("--tasks", default=None, metavar="T1,T2",
+                      help="write NAME.tasks too: the only tasks this worker key may register")  # fmt: skip
     keys.set_defaults(run=_keys)
 
     submit = _command(commands, "submit", "submit a job and print its id", _submit)
@@ -111,8 +113,16 @@ def _parser() -> argparse.ArgumentParser:
         cmd = _command(commands, name, helptext, run)
         cmd.add_argument("job_id")
         cmd.add_argument("--json", action="store_true", help="print JSON")
-    by_id = [commands.choices[name] for name in ("status", "cancel", "retry")]
-    for cmd in (submit, stats, failed, *by_id):
+    for name, helptext, run in (
+        ("pause", "stop dispatching a task's jobs (they stay queued)", _pause),
+        ("resume", "dispatch a paused task's jobs again", _pause),
+    ):
+        cmd = _command(commands, name, helptext, run)
+        cmd.add_argument("task")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(pausing=name == "pause")
+    to_broker = [commands.choices[name] for name in ("status", "cancel", "retry", "pause", "resume")]
+    for cmd in (submit, stats, failed, *to_broker):
         cmd.add_argument(
             "--curve-server",
             default=None,
@@ -139,9 +149,16 @@ def _command(commands: Any, name: str, helptext: str, run: Any) -> argparse.Argu
 
 def _keys(args: argparse.Namespace) -> int:
     from broker.security import create_key_pair
+    from broker.task_grants import parse_task_list, write_task_grant
 
+    tasks = parse_task_list(args.tasks) if args.tasks is not None else None
+    if tasks is not None and not tasks:
+        raise ValueError("--tasks needs at least one task name")
     try:
         public_file, secret_file = create_key_pair(args.directory, args.name)
+        if tasks:
+            grant = write_task_grant(public_file, tasks)
+            print(f"task grant: {grant}  (copy it beside the .key in the broker's --curve-allow dir)")
     except OSError as exc:
         raise ValueError(f"cannot write keys into {args.directory}: {exc.strerror}") from None
     print(f"public key: {public_file}  (share it: enrol a worker or client in the broker's "
@@ -236,6 +253,18 @@ def _failed(args: argparse.Namespace) -> int:
     else:
         for view in views:
             print(failure_line(view))
+    return EXIT_OK
+
+
+def _pause(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.pause(args.task) if args.pausing else client.resume(args.task)
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        state = "paused" if args.pausing else "resumed"
+        paused = ", ".join(reply["paused"]) or "none"
+        print(f"{args.task} {state} ({reply['queued']} queued); paused tasks: {paused}")
     return EXIT_OK
 
 

@@ -18,12 +18,14 @@ import zmq
 
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
-from broker.async_client import AsyncClient, AsyncJob
+from broker.async_client import AsyncClient, AsyncGroup, AsyncJob
 from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
 from broker.replies import (
     EventFollower,
+    counters,
     final_result,
+    group_message,
     job_list,
     job_view,
     list_message,
@@ -33,7 +35,7 @@ from broker.replies import (
 )
 from broker.security import ClientKeys, client_keys, configure_client
 
-__all__ = ["AsyncClient", "AsyncJob", "Client", "Job"]
+__all__ = ["AsyncClient", "AsyncGroup", "AsyncJob", "Client", "Group", "Job"]
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0  # with no event for this long, re-read the snapshot (PUB may drop)
@@ -76,6 +78,38 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.view.get('task')} {self.view.get('state')}>"
+
+
+class Group:
+    """A handle on jobs submitted together: one id, one aggregate bar, the children in order."""
+
+    def __init__(self, client: Client, view: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = view["id"]
+        self.view = view
+        self.job_ids: list[str] = [row["id"] for row in view.get("children", [])]
+
+    def status(self) -> dict[str, Any]:
+        """The group's snapshot: state, aggregate done/total, counts and ``children`` rows."""
+        return self.client.status(self.id)
+
+    def events(self, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Pushed aggregate events (each names the child that changed), ending when all end."""
+        return self.client.events(self.id, after=after)
+
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """Every child's result, in order; raises the first JobFailed / JobCancelled."""
+        deadline = time.monotonic() + (timeout or 1e9)
+        finals = self.client._wait_final(self.job_ids, deadline)
+        return [final_result(job_view(reply)) for reply in finals]
+
+    def cancel(self) -> None:
+        """Cancel every child that has not finished."""
+        for job_id in dict.fromkeys(self.job_ids):
+            self.client.cancel(job_id)
+
+    def __repr__(self) -> str:
+        return f"<Group {self.id} {self.view.get('task')} of {len(self.job_ids)}>"
 
 
 class Client:
@@ -185,6 +219,14 @@ class Client:
             raise TypeError("unexpected reply to STATS")
         return reply.stats
 
+    def pause(self, task: str) -> dict[str, Any]:
+        """Stop dispatching ``task``'s jobs (they stay queued); returns the paused tasks."""
+        return counters(self._call(p.Pause(req=next(self._reqs), task=task)))
+
+    def resume(self, task: str) -> dict[str, Any]:
+        """Dispatch a paused task's jobs again; returns the paused tasks."""
+        return counters(self._call(p.Resume(req=next(self._reqs), task=task)))
+
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait until the job ends; return its result or raise JobFailed/JobCancelled."""
         deadline = time.monotonic() + (timeout or 1e9)
@@ -204,6 +246,15 @@ class Client:
         views = [job_view(r) for r in self._call_many(msgs, deadline)]
         finals = self._wait_final([view["id"] for view in views], deadline)
         return [final_result(job_view(reply)) for reply in finals]
+
+    def group(self, task: str, args_list: list[dict[str, Any]], **options: Any) -> Group:
+        """Submit one job per args as one group, watched as one bar (``Group``).
+
+        Options are ``submit``'s. All children are checked first: a bad one refuses the
+        whole group (its index is named) and nothing is submitted.
+        """
+        msg = group_message(next(self._reqs), task, args_list, **_submit_options(options))
+        return Group(self, job_view(self._call(msg)))
 
     def _wait_final(self, job_ids: list[str], deadline: float) -> list[p.Message]:
         """Final snapshots of jobs, in order: WAIT for all at once (pipelined), then collect.

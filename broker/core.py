@@ -14,9 +14,11 @@ import logging
 from collections import OrderedDict
 from typing import Any, Final, Protocol
 
+from broker import joblog
 from broker import protocol as p
 from broker.effects import Effect
 from broker.errors import BadArguments, ProtocolError
+from broker.group_desk import GroupDesk, check_group
 from broker.jobs import Job, State, job_from_record, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
 from broker.listing import check_filters, encode_views, select_jobs
@@ -27,7 +29,8 @@ from broker.retry import resubmission, retry_spec
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
 from broker.tally import live_counts
-from broker.workforce import WorkerSlot, Workforce
+from broker.task_controls import TaskControls
+from broker.workforce import WorkerSlot, Workforce, restrict_ready
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ SEQ_EPOCH_SHIFT: Final = 32
 DEFAULT_MAX_LIVE_JOBS: Final = 250_000  # queued + running; past it submits get queue_full
 COUNTERS: Final = (
     "submitted", "coalesced", "cache_hits", "done", "failed", "cancelled", "retried",
-    "workers_lost", "invalid_messages", "stale_messages",
+    "workers_lost", "invalid_messages", "stale_messages", "refused_tasks",
 )  # fmt: skip
 
 
@@ -86,6 +89,9 @@ class BrokerProtocol:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.metrics = Metrics()
         self.storage_error: str | None = None  # set by the shell while the data dir is full
+        self.controls = TaskControls(self.queue, self.workers, self.jobs)  # limits, pauses, places
+        self.groups = GroupDesk(self.out, results.job)
+        self.out.listeners.append(self.groups.on_job)
 
     # --- the shell's interface ---------------------------------------------------------
 
@@ -103,12 +109,16 @@ class BrokerProtocol:
         match msg:
             case p.Submit():
                 self._submit(peer, msg, now)
+            case p.SubmitGroup():
+                self._submit_group(peer, msg, now)
             case p.Status():
-                self._reply_job(peer, msg.req, msg.id)
+                self._reply_job(peer, msg.req, msg.id, now)
             case p.Cancel():
                 self._cancel(peer, msg, now)
             case p.Wait():
-                self._wait(peer, msg)
+                self._wait(peer, msg, now)
+            case p.Pause() | p.Resume():
+                self._pause(peer, msg, now)
             case p.Stats():
                 figures = self.metrics_json() if msg.metrics else None
                 self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats(), metrics=figures))
@@ -121,8 +131,10 @@ class BrokerProtocol:
                     peer, ProtocolError(f"{type(msg).__name__} is not a client request"), to_worker=False
                 )
 
-    def receive_worker(self, peer: bytes, frames: list[bytes], now: float) -> None:
-        """Handle one message from a worker."""
+    def receive_worker(
+        self, peer: bytes, frames: list[bytes], now: float, allowed_tasks: frozenset[str] | None = None
+    ) -> None:
+        """Handle one message from a worker (``allowed_tasks``: its key's grant, None = any)."""
         try:
             msg = p.decode(frames)
         except ProtocolError as exc:
@@ -133,11 +145,13 @@ class BrokerProtocol:
             slot.liveness.on_message(now)
         match msg:
             case p.Ready():
-                self._worker_ready(peer, msg, now)
+                self._worker_ready(peer, self._granted(peer, msg, allowed_tasks), now)
             case p.Heartbeat() if slot is None:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
             case p.Heartbeat():
                 return  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
+            case p.Log():
+                self._worker_log(peer, msg, now)
             case p.Done():
                 self._worker_done(peer, msg, now)
             case p.Failed():
@@ -170,14 +184,16 @@ class BrokerProtocol:
             return
         job.done, job.total, job.message = msg.done, msg.total, msg.message[:1000]
         job.eta_s = self.etas.setdefault(job.id, EtaEstimator()).observe(now, msg.done, msg.total)
-        self.out.publish_progress(job, now)
+        self.out.publish(job, now)
 
     def receive_subscription(self, topic: bytes, now: float, subscribed: bool = True) -> None:
         """A watcher (un)subscribed; on subscribe, republish the job's latest event at once."""
         self.subscriptions.change(topic, subscribed)
         job = self.jobs.get(topic.decode("ascii", "replace")) if subscribed else None
         if job is not None:
-            self.out.republish(job, now)
+            self.out.publish(job, now, stamp=self.controls.place(job, self._wall(now)))
+        elif subscribed:
+            self.groups.republish(topic.decode("ascii", "replace"), now)
 
     def worker_unreachable(self, peer: bytes, now: float) -> None:
         """The shell could not deliver to a worker: it is gone; re-queue its job."""
@@ -197,13 +213,17 @@ class BrokerProtocol:
             self._send_worker(peer, p.Heartbeat(), now)
         if self.queue.promote_due(self._wall(now)) or lost:
             self._dispatch(now)
+        self._run_periodic(now)
+        for job in self.controls.moved_places(self.subscriptions.exact, now, self._wall(now)):
+            self.out.publish(job, now)
         self.out.flush_all_jobs(now)
 
     def next_deadline(self) -> float:
         """The monotonic time at which ``tick`` next has work, at most a second away."""
         due = self.queue.next_due()
         delayed = float("inf") if due is None else due - self.wall_offset_s
-        return min(self.workers.next_deadline(), delayed, self.out.all_jobs.next_deadline())
+        controls = self.controls.next_deadline(bool(self.subscriptions.exact), self.wall_offset_s)
+        return min(self.workers.next_deadline(), delayed, controls, self.out.all_jobs.next_deadline())
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, workers and counters."""
@@ -214,6 +234,7 @@ class BrokerProtocol:
             "idle_workers": self.workers.idle_count(),
             "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),
             "tasks": sorted(self.defaults.tasks()),
+            **self.controls.stats(),
             **self.counters,
         }
 
@@ -225,61 +246,82 @@ class BrokerProtocol:
     # --- client requests ---------------------------------------------------------------
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
-        if self.storage_error is not None:  # nothing could be journaled: refuse, keep serving reads
-            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
+        checked = self._check_submit(msg, now)
+        self.out.to_client(peer, checked if isinstance(checked, p.Error) else self._admit(checked, now))
+        self._dispatch(now)
+
+    def _submit_group(self, peer: bytes, msg: p.SubmitGroup, now: float) -> None:
+        room = self.max_live_jobs - len(self.by_key)
+        checked = check_group(msg, lambda child: self._check_submit(child, now), room)
+        if isinstance(checked, p.Error):
+            self.out.to_client(peer, checked)
             return
+        views = []
+        for sub in checked:
+            reply = self._admit(sub, now, limit=False)  # the capacity was checked for all
+            if isinstance(reply, p.Snapshot):
+                views.append(reply.job)
+        self.out.to_client(peer, self.groups.create(msg.req, self.new_id(), msg.task, views, now))
+        self._dispatch(now)
+
+    def _check_submit(self, msg: p.Submit, now: float) -> Submission | p.Error:
+        if self.storage_error is not None:  # nothing could be journaled: refuse, keep serving reads
+            return p.Error(req=msg.req, code="storage_full", message=self.storage_error)
         try:
-            sub = prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
+            return prepare_submission(msg, self._wall(now), self.defaults, bool(self.workers))
         except BadArguments as exc:
             code = "too_large" if type(exc).__name__ == "PayloadTooLarge" else "bad_args"
-            self.out.to_client(peer, p.Error(req=msg.req, code=code, message=str(exc)))
-            return
+            return p.Error(req=msg.req, code=code, message=str(exc))
         except LookupError as exc:
-            self.out.to_client(peer, p.Error(req=msg.req, code="unknown_task", message=str(exc)))
-            return
-        if not msg.force and self._reply_cached(peer, msg.req, sub.cache_key):
-            return
+            return p.Error(req=msg.req, code="unknown_task", message=str(exc))
+
+    def _admit(self, sub: Submission, now: float, *, limit: bool = True) -> p.Snapshot | p.Error:
+        """The cached result, the identical running job, or a new queued one."""
+        cached = None if sub.msg.force else self._cached(sub.msg.req, sub.cache_key)
+        if cached is not None:
+            return cached
         running_id = self.by_key.get(sub.cache_key)
         if running_id is not None:
-            self._join(peer, msg.req, self.jobs[running_id])
-            return
-        if len(self.by_key) >= self.max_live_jobs:  # by_key holds every queued or running job
-            message = f"the queue is full ({self.max_live_jobs} jobs queued or running); retry later"
-            self.out.to_client(peer, p.Error(req=msg.req, code="queue_full", message=message))
-            return
-        self._create(peer, msg.req, sub, now)
+            return self._join(sub.msg.req, self.jobs[running_id])
+        if limit and len(self.by_key) >= self.max_live_jobs:  # by_key: every queued or running job
+            return self._queue_full(sub.msg.req)
+        return self._create(sub, now)
 
-    def _reply_cached(self, peer: bytes, req: int, key: str) -> bool:
+    def _queue_full(self, req: int = 0) -> p.Error:
+        message = f"the queue is full ({self.max_live_jobs} jobs queued or running); retry later"
+        return p.Error(req=req, code="queue_full", message=message)
+
+    def _cached(self, req: int, key: str) -> p.Snapshot | None:
         job_id = self.results.job_for_key(key)
         stored = self.results.job(job_id) if job_id else None
         if stored is None:
-            return False
+            return None
         view, result = stored
         self.counters["cache_hits"] += 1
-        self.out.to_client(peer, p.Snapshot(req=req, job={**view, "cached": True}, result=result))
-        return True
+        return p.Snapshot(req=req, job={**view, "cached": True}, result=result)
 
-    def _join(self, peer: bytes, req: int, job: Job) -> None:
+    def _join(self, req: int, job: Job) -> p.Snapshot:
         job.watchers += 1
         self.counters["coalesced"] += 1
-        self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
+        return p.Snapshot(req=req, job=job.view(self.epoch))
 
-    def _create(self, peer: bytes, req: int, sub: Submission, now: float) -> None:
+    def _create(self, sub: Submission, now: float) -> p.Snapshot:
         job = sub.to_job(self.new_id(), self._wall(now))
         self.defaults.resolve(job)
         self.jobs[job.id] = job
         self.by_key[job.cache_key] = job.id
         self.counters["submitted"] += 1
+        self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self.controls.place(job, self._wall(now))
         self.out.journal(job)
         self.out.publish(job, now)
-        self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch)))
-        self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
-        logger.info("job %s queued (%s)", job.id, job.task)
-        self._dispatch(now)
+        logger.debug("job %s queued (%s)", job.id, job.task)
+        return p.Snapshot(req=sub.msg.req, job=job.view(self.epoch))
 
     def restore(self, records: list[dict[str, Any]], now: float) -> None:
-        """Load live jobs replayed from the journal; those that were running are re-queued."""
-        for record in records:
+        """Load live jobs (then groups) from the journal; those that were running are re-queued."""
+        groups = [record for record in records if record.get("kind") == "group"]
+        for record in (record for record in records if record.get("kind") != "group"):
             job = job_from_record(record)
             if job.state is State.RUNNING:
                 job.state = State.QUEUED
@@ -292,11 +334,34 @@ class BrokerProtocol:
             self.jobs[job.id] = job
             self.by_key.setdefault(job.cache_key, job.id)
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self.groups.restore(groups, self.jobs, now)
 
-    def _reply_job(self, peer: bytes, req: int, job_id: str) -> None:
+    def restore_meta(self, meta: dict[str, Any]) -> None:
+        """Load the paused tasks and periodic last runs replayed from the journal."""
+        self.controls.restore(meta)
+
+    def _run_periodic(self, now: float) -> None:
+        """Submit one run (empty args, ttl 0) of each periodic task due, unless one is live."""
+        for task, record in self.controls.periodic_due(self._wall(now)):
+            self.out.journal_meta(record)
+            msg = p.Submit(req=0, task=task, args=b"{}", ttl_s=0.0, force=True)
+            sub = prepare_submission(msg, self._wall(now), self.defaults, have_workers=False)
+            if sub.cache_key in self.by_key or self.storage_error or len(self.by_key) >= self.max_live_jobs:
+                logger.info("periodic %s: skipped (a run is still live, or no room)", task)
+            else:
+                self._create(sub, now)
+                self._dispatch(now)
+
+    def _reply_job(self, peer: bytes, req: int, job_id: str, now: float) -> None:
         job = self.jobs.get(job_id)
+        if job is not None and self.controls.place(job, self._wall(now)):
+            self.out.publish(job, now)  # its place moved: watchers hear it too
         if job is not None:
             self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
+            return
+        group = self.groups.snapshot(req, job_id)
+        if group is not None:
+            self.out.to_client(peer, group)
             return
         stored = self.results.job(job_id)
         if stored is None:
@@ -313,7 +378,7 @@ class BrokerProtocol:
             if worker is not None:
                 self._send_worker(worker, p.Stop(id=job.id, attempt=job.attempts), now)
             self._finish(job, State.CANCELLED, now, error=None)
-        self._reply_job(peer, msg.req, msg.id)
+        self._reply_job(peer, msg.req, msg.id, now)
 
     def _list(self, peer: bytes, msg: p.ListJobs) -> None:
         try:
@@ -335,14 +400,36 @@ class BrokerProtocol:
         logger.info("job %s retried (%s)", msg.id, answer.task)
         self._submit(peer, answer, now)
 
-    def _wait(self, peer: bytes, msg: p.Wait) -> None:
+    def _wait(self, peer: bytes, msg: p.Wait, now: float) -> None:
         job = self.jobs.get(msg.id)
         if job is None or job.is_final:
-            self._reply_job(peer, msg.req, msg.id)
+            self._reply_job(peer, msg.req, msg.id, now)
             return
         self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
 
+    def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
+        if self.storage_error is not None:
+            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
+            return
+        try:
+            self.out.journal_meta(self.controls.pause(msg.task, isinstance(msg, p.Pause)))
+        except BadArguments as exc:
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
+            return
+        logger.info("task %s %s", msg.task, "paused" if isinstance(msg, p.Pause) else "resumed")
+        stats = {"task": msg.task, "queued": self.queue.ready_count(msg.task), **self.controls.stats()}
+        self.out.to_client(peer, p.Counters(req=msg.req, stats=stats))
+        self._dispatch(now)
+
     # --- workers -------------------------------------------------------------------------
+
+    def _granted(self, peer: bytes, msg: p.Ready, allowed: frozenset[str] | None) -> p.Ready:
+        granted, refused = restrict_ready(msg, allowed)
+        if refused:
+            self.counters["refused_tasks"] += len(refused)
+            logger.warning("worker %s (pid %s on %s): its key may not run %s; refused",
+                           peer.hex(), msg.pid, msg.host, refused)  # fmt: skip
+        return granted
 
     def _worker_ready(self, peer: bytes, msg: p.Ready, now: float) -> None:
         previous = self.workers.get(peer)
@@ -350,7 +437,22 @@ class BrokerProtocol:
             self._worker_gone(previous, now, reason="worker re-registered", lost=False)
         self.workers.join(peer, msg, now)
         self.defaults.learn(msg.tasks, msg.options or {})
+        self.controls.learn(msg.tasks, msg.options or {}, self._wall(now))
         logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
+
+    def _worker_log(self, peer: bytes, msg: p.Log, now: float) -> None:
+        slot, job = self.workers.get(peer), self.jobs.get(msg.id)
+        if (
+            slot is None
+            or slot.job_id != msg.id
+            or job is None
+            or job.attempts != msg.attempt
+            or job.is_final
+        ):
+            self.counters["stale_messages"] += 1
+            return
+        new = joblog.append(job.extra, msg.lines)
+        self.out.publish(job, now, extra=joblog.lines_event(job.extra, new))
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
         job = self._held_job(peer, msg.id, msg.attempt)
@@ -403,6 +505,7 @@ class BrokerProtocol:
             # back from a partition: its old attempt ended; take it once if not re-run yet
             if job is not None and job.state is State.QUEUED and job.attempts == attempt:
                 job.move_to(State.RUNNING)
+                self.controls.started(job)
                 self.workers.take(slot, job.id)
             else:
                 self.workers.release(slot)
@@ -432,15 +535,17 @@ class BrokerProtocol:
     def _requeue(self, job: Job, now: float, delay_s: float) -> None:
         job.move_to(State.QUEUED)
         job.worker = None
+        self.controls.stopped(job)
         job.run_at = self._wall(now) + delay_s
         self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
+        self.controls.place(job, self._wall(now))
         self.out.journal(job)
-        logger.info("job %s running → queued (attempt %s)", job.id, job.attempts)
+        logger.debug("job %s running → queued (attempt %s)", job.id, job.attempts)
         self.out.publish(job, now)
 
     def _dispatch(self, now: float) -> None:
         for slot in self.workers.idle_in_order():
-            job_id = self.queue.pop_for(slot.tasks, self._is_queued)
+            job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
 
@@ -458,12 +563,13 @@ class BrokerProtocol:
         self.metrics.started(job)
         job.eta_s = None
         self.etas.pop(job.id, None)
+        self.controls.started(job)
         self.out.journal(job)
         assign = p.Assign(
             id=job.id, task=job.task, attempt=job.attempts, args=job.args, timeout_s=job.timeout_s
         )
         self._send_worker(slot.peer, assign, now)
-        logger.info("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
+        logger.debug("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
         self.out.publish(job, now)
 
     # --- final states ------------------------------------------------------------------------
@@ -479,12 +585,13 @@ class BrokerProtocol:
         if self.by_key.get(job.cache_key) == job.id:
             del self.by_key[job.cache_key]
         self.etas.pop(job.id, None)
+        self.controls.stopped(job)
         self.out.journal_end(job)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
         job.seq += 1  # the final seq first, so the stored view and the event agree
         self.out.store(job, retention_s(ttl_s), ttl_s)
         self.out.publish(job, now, stamp=False)
-        logger.info("job %s → %s", job.id, state)
+        logger.debug("job %s → %s", job.id, state)
         view = job.view(self.epoch)
         for peer, req in self.waiters.pop(job.id, {}):
             self.out.to_client(peer, p.Snapshot(req=req, job=view, result=job.result))

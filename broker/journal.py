@@ -31,6 +31,7 @@ class JobJournal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
             raise UnsafeStoredData(
@@ -52,12 +53,26 @@ class JobJournal:
             raise UnsafeStoredData(f"journal {self.path} is corrupted ({exc})") from None
         return records
 
+    def replay_meta(self) -> dict[str, Any]:
+        """The broker's own state besides jobs (paused tasks, periodic last runs), by key.
+
+        Raises:
+            UnsafeStoredData: a value is not valid JSON.
+        """
+        try:
+            return {key: json.loads(text) for key, text in self.db.execute("SELECT key, value FROM meta")}
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            raise UnsafeStoredData(f"journal {self.path} is corrupted ({exc})") from None
+
     def apply(self, records: Iterable[dict[str, Any]]) -> None:
-        """Write one turn's records in a single transaction: ``put`` upserts, ``end`` deletes."""
+        """Write one turn's records in one transaction: ``put`` upserts, ``end`` deletes, ``meta`` sets."""
         self.db.execute("BEGIN")
         try:
             for record in records:
-                if record["op"] == "put":
+                if record["op"] == "meta":
+                    value = json.dumps(record["value"], separators=(",", ":"))
+                    self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (record["key"], value))
+                elif record["op"] == "put":
                     job = record["job"]
                     self.db.execute(
                         "INSERT OR REPLACE INTO jobs VALUES (?, ?)",

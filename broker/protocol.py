@@ -6,15 +6,18 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
     published  = topic "JC01" COMMAND header         ; topic = the job id, or "*" (below)
     COMMAND    = short ASCII word, see ``Command``
     header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
-    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound
+    payload    = opaque bytes: task args or a result (canonical JSON), at most its bound;
+                 GROUP's payload is a JSON array of args objects, a group snapshot's the
+                 children rows
 
 Who sends what::
 
-    client → broker    SUBMIT STATUS CANCEL WAIT STATS LIST RETRY
-    broker → client    JOB (a job snapshot, result as payload) ERROR
-                       COUNTERS (per-task metrics JSON as payload when STATS asked for them)
+    client → broker    SUBMIT GROUP STATUS CANCEL WAIT STATS LIST RETRY PAUSE RESUME
+    broker → client    JOB (a job or group snapshot, result as payload) ERROR
+                       COUNTERS (per-task metrics JSON as payload when STATS asked for them;
+                                 also the reply to PAUSE and RESUME)
                        JOBS (reply to LIST: a JSON array of job views as payload)
-    worker → broker    READY HEARTBEAT DONE FAILED BYE
+    worker → broker    READY HEARTBEAT LOG DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
@@ -32,6 +35,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, Final, TypeAlias
@@ -55,11 +59,15 @@ class Command(bytes, Enum):
     CANCEL = b"CANCEL"
     WAIT = b"WAIT"
     STATS = b"STATS"
+    PAUSE = b"PAUSE"
+    RESUME = b"RESUME"
+    GROUP = b"GROUP"
     JOB = b"JOB"
     COUNTERS = b"COUNTERS"
     ERROR = b"ERROR"
     READY = b"READY"
     HEARTBEAT = b"HEARTBEAT"
+    LOG = b"LOG"
     ASSIGN = b"ASSIGN"
     DONE = b"DONE"
     FAILED = b"FAILED"
@@ -78,6 +86,23 @@ class Command(bytes, Enum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Submit:
     """Queue a job (or join the running one with the same cache key)."""
+
+    req: int
+    task: str
+    args: bytes
+    ttl_s: float | None = None
+    force: bool = False
+    priority: str = "normal"
+    delay_s: float = 0.0
+    run_at: float | None = None
+    scope: str = ""
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitGroup:
+    """Submit one job per args object as one group (``args``: a JSON array of objects)."""
 
     req: int
     task: str
@@ -151,6 +176,22 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """Stop dispatching a task's jobs (they stay queued; submits are still accepted)."""
+
+    req: int
+    task: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Dispatch a paused task's jobs again."""
+
+    req: int
+    task: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """A job's current state; ``result`` is its JSON result bytes once done."""
 
@@ -161,7 +202,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Counters:
-    """The broker's figures, in reply to ``Stats``; ``metrics`` is JSON (payload) if asked."""
+    """The broker's figures, in reply to ``Stats`` (``metrics``: JSON payload, if asked) and
+    to ``Pause``/``Resume``."""
 
     req: int
     stats: dict[str, Any]
@@ -199,6 +241,15 @@ class Ready:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat:
     """Proof of life, sent when nothing else was sent for an interval."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Log:
+    """Lines a running attempt logged with ``job.log(text)``, in order (sent before Done)."""
+
+    id: str
+    attempt: int
+    lines: list[str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,15 +335,19 @@ class Event:
 
 Message: TypeAlias = (
     Submit
+    | SubmitGroup
     | Status
     | Cancel
     | Wait
     | Stats
+    | Pause
+    | Resume
     | Snapshot
     | Counters
     | Error
     | Ready
     | Heartbeat
+    | Log
     | Assign
     | Done
     | Failed
@@ -307,17 +362,20 @@ Message: TypeAlias = (
 
 COMMAND_OF: Final[dict[type[Any], Command]] = {
     Submit: Command.SUBMIT, Status: Command.STATUS, Cancel: Command.CANCEL,
-    Wait: Command.WAIT, Stats: Command.STATS, Snapshot: Command.JOB,
+    Wait: Command.WAIT, Stats: Command.STATS, Pause: Command.PAUSE, Resume: Command.RESUME,
+    Snapshot: Command.JOB,
     Counters: Command.COUNTERS, Error: Command.ERROR, Ready: Command.READY,
     Heartbeat: Command.HEARTBEAT, Assign: Command.ASSIGN, Done: Command.DONE,
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
     Progress: Command.PROGRESS, Event: Command.EVENT, ListJobs: Command.LIST,
-    JobList: Command.JOBS, Retry: Command.RETRY,
+    JobList: Command.JOBS, Retry: Command.RETRY, SubmitGroup: Command.GROUP,
+    Log: Command.LOG,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})
 PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Submit: "args",
+    SubmitGroup: "args",
     Assign: "args",
     Done: "result",
     Snapshot: "result",
@@ -325,10 +383,11 @@ PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Counters: "metrics",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
-    Submit: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
+    Submit: MAX_ARGS_BYTES, SubmitGroup: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
     Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES, JobList: MAX_RESULT_BYTES,
     Counters: MAX_RESULT_BYTES,
 }  # fmt: skip
+_CLASS_OF_WORD: Final = {command.value: cls for command, cls in TYPE_OF.items()}
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
 
 
@@ -399,10 +458,10 @@ def _split_topic(frames: list[bytes]) -> tuple[bytes | None, list[bytes]]:
 
 
 def _message_class(command: bytes) -> type[Any]:
-    try:
-        return TYPE_OF[Command(command)]
-    except ValueError:
-        raise ProtocolError(f"unknown command {command[:32]!r}") from None
+    cls = _CLASS_OF_WORD.get(command)
+    if cls is None:
+        raise ProtocolError(f"unknown command {command[:32]!r}")
+    return cls
 
 
 def _check_payload(cls: type[Any], frames: list[bytes]) -> None:
@@ -432,12 +491,12 @@ def _reject_constant(name: str) -> None:
 
 
 def _build(cls: type[Any], values: dict[str, Any]) -> Message:
-    hints = _hints(cls)
-    unknown = set(values) - set(hints)
-    if unknown:
-        raise ProtocolError(f"{cls.__name__}: unknown field {sorted(unknown)[0]!r}")
+    checks = _field_checks(cls)
     for name, value in values.items():
-        if not _matches(value, hints[name]):
+        check = checks.get(name)
+        if check is None:
+            raise ProtocolError(f"{cls.__name__}: unknown field {name!r}")
+        if not check(value):
             raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
         if _has_lone_surrogate(value):
             raise ProtocolError(f"{cls.__name__}.{name}: lone surrogate in a string")
@@ -447,29 +506,35 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Message:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+Check: TypeAlias = Callable[[Any], bool]
+_FIELD_CHECKS: dict[type[Any], dict[str, Check]] = {}
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+def _field_checks(cls: type[Any]) -> dict[str, Check]:
+    """A type check per field of ``cls``, built once from its annotations (decode is hot)."""
+    checks = _FIELD_CHECKS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        checks = _FIELD_CHECKS[cls] = {name: _type_check(hint) for name, hint in hints.items()}
+    return checks
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def _type_check(hint: Any) -> Check:
     if isinstance(hint, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(hint))
+        options = [_type_check(option) for option in typing.get_args(hint)]
+        return lambda value: any(check(value) for check in options)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     origin = typing.get_origin(hint) or hint
     if origin is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
     if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    return isinstance(value, origin)
+        check_item = _type_check(item)
+        return lambda value: isinstance(value, list) and all(check_item(v) for v in value)
+    return lambda value: isinstance(value, origin)
 
 
 def _has_lone_surrogate(value: Any) -> bool:

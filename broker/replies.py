@@ -6,7 +6,15 @@ import json
 from typing import Any
 
 from broker import protocol as p
-from broker.errors import JobCancelled, JobFailed, ProtocolError, error_for_code
+from broker.errors import (
+    BadArguments,
+    JobCancelled,
+    JobFailed,
+    PayloadTooLarge,
+    ProtocolError,
+    error_for_code,
+)
+from broker.groups import MAX_GROUP_SIZE
 from broker.jobs import FINAL_STATES, canonical_args
 from broker.listing import check_filters
 
@@ -34,8 +42,37 @@ def submit_message(
     )  # fmt: skip
 
 
+def group_message(req: int, task: str, args_list: list[dict[str, Any]], **options: Any) -> p.SubmitGroup:
+    """A ``SubmitGroup`` (options as ``submit_message``'s); bad args raise before sending.
+
+    Raises:
+        BadArguments: not 1..MAX_GROUP_SIZE args objects, or one is bad (its index named).
+        PayloadTooLarge: the args together exceed MAX_ARGS_BYTES.
+    """
+    if not isinstance(args_list, list) or not 1 <= len(args_list) <= MAX_GROUP_SIZE:
+        raise BadArguments(f"a group takes a list of 1..{MAX_GROUP_SIZE} args objects")
+    encoded = []
+    for index, args in enumerate(args_list):
+        try:
+            encoded.append(canonical_args(args))
+        except BadArguments as exc:
+            raise type(exc)(f"job {index}: {exc}") from None
+    payload = b"[" + b",".join(encoded) + b"]"
+    if len(payload) > p.MAX_ARGS_BYTES:
+        raise PayloadTooLarge(f"a group's args exceed {p.MAX_ARGS_BYTES} bytes (got {len(payload)})")
+    one = submit_message(req, task, {}, **options)
+    return p.SubmitGroup(
+        req=req, task=task, args=payload, ttl_s=one.ttl_s, force=one.force, priority=one.priority,
+        delay_s=one.delay_s, run_at=one.run_at, scope=one.scope, max_attempts=one.max_attempts,
+        timeout_s=one.timeout_s,
+    )  # fmt: skip
+
+
 def job_view(reply: p.Message) -> dict[str, Any]:
     """The job dict from a reply (with ``result`` decoded when present).
+
+    A group's snapshot carries its children rows where a job's carries its result: they
+    become ``children``.
 
     Raises:
         JobcastError: the broker answered with an error (UnknownJob, UnknownTask, …).
@@ -46,7 +83,7 @@ def job_view(reply: p.Message) -> dict[str, Any]:
         raise ProtocolError(f"expected a job snapshot, got {type(reply).__name__}")
     view = dict(reply.job)
     if reply.result is not None:
-        view["result"] = json.loads(reply.result)
+        view["children" if view.get("kind") == "group" else "result"] = json.loads(reply.result)
     return view
 
 
@@ -82,6 +119,14 @@ def metrics_view(reply: p.Message) -> dict[str, Any]:
     if not isinstance(figures, dict):
         raise ProtocolError("metrics must be a JSON object")
     return {**figures, "stats": reply.stats}
+
+
+def counters(reply: p.Message) -> dict[str, Any]:
+    """The figures of a ``Counters`` reply (raises the broker's error otherwise)."""
+    if isinstance(reply, p.Counters):
+        return reply.stats
+    job_view(reply)  # raises the broker's error
+    raise ProtocolError(f"expected figures, got {type(reply).__name__}")
 
 
 def final_result(view: dict[str, Any]) -> Any:

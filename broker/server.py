@@ -31,6 +31,7 @@ from broker.liveness import heartbeat_interval_s
 from broker.results import RESULT_CACHE_BYTES, ResultStore, prepare_data_dir
 from broker.security import ServerKeys, configure_server, start_authenticator
 from broker.storage import StorageGuard
+from broker.task_grants import load_task_grants
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class BrokerServer:
         os.umask(0o077)  # the data dir, its files and ipc sockets: this user only
         self.base_url = base_url
         self.curve = curve
+        self.task_grants = load_task_grants(curve.allow_dir) if curve else {}
         self.endpoints: Endpoints = endpoints(base_url)
         self.data_dir = prepare_data_dir(data_dir)
         self.journal = JobJournal(self.data_dir)
@@ -62,6 +64,7 @@ class BrokerServer:
             max_live_jobs=_env_int("JOBCAST_MAX_LIVE_JOBS", DEFAULT_MAX_LIVE_JOBS),
         )  # fmt: skip
         self.core.restore(self.journal.replay(), time.monotonic())
+        self.core.restore_meta(self.journal.replay_meta())
         self.core.storage_error = self.storage.check(time.monotonic())
         self.stopping = 0
         self.next_cull = time.monotonic() + CULL_INTERVAL_S
@@ -118,7 +121,10 @@ class BrokerServer:
         if self.clients in ready:
             for frames in _drain(self.clients):
                 core.receive_client(frames[0], frames[1:], now)
-        if self.workers in ready:
+        if self.workers in ready and self.task_grants:
+            for frames, user in _drain_with_user(self.workers):
+                core.receive_worker(frames[0], frames[1:], now, self.task_grants.get(user))
+        elif self.workers in ready:
             for frames in _drain(self.workers):
                 core.receive_worker(frames[0], frames[1:], now)
         if self.events_in in ready:
@@ -236,6 +242,16 @@ def _drain(sock: zmq.Socket[bytes]) -> Iterator[list[bytes]]:
             yield sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+
+
+def _drain_with_user(sock: zmq.Socket[bytes]) -> Iterator[tuple[list[bytes], str]]:
+    """Like ``_drain``, with the ZAP ``User-Id`` of the sender (its Z85 public key)."""
+    for _ in range(DRAIN_LIMIT):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        yield [frame.bytes for frame in frames], str(frames[-1].get("User-Id") or "")
 
 
 def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:

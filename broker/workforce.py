@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,3 +107,14 @@ class Workforce:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+
+def restrict_ready(ready: Ready, allowed: frozenset[str] | None) -> tuple[Ready, list[str]]:
+    """``ready`` with only the allowed tasks, and the tasks refused (None allows all)."""
+    if allowed is None:
+        return ready, []
+    refused = [task for task in ready.tasks if task not in allowed]
+    if not refused:
+        return ready, []
+    kept = [task for task in ready.tasks if task in allowed]
+    return dataclasses.replace(ready, tasks=kept), refused

@@ -69,14 +69,14 @@ def processes() -> Iterator[list[ReadyProcess]]:
 
 
 @pytest.fixture
-def start_broker(base_url: str, tmpdir_short: str, part_env: dict[str, str],
-                 processes: list[ReadyProcess]) -> Callable[..., ReadyProcess]:
+def start_broker(
+    base_url: str, tmpdir_short: str, part_env: dict[str, str], processes: list[ReadyProcess]
+) -> Callable[..., ReadyProcess]:
     """Start a real broker on ``base_url`` with its data dir in the test's temp dir."""
 
     def start(*extra: str) -> ReadyProcess:
         data = os.path.join(tmpdir_short, "data")
-        proc = ReadyProcess(jobcast("broker", "--broker", base_url, "--data", data, *extra),
-                            env=part_env)
+        proc = ReadyProcess(jobcast("broker", "--broker", base_url, "--data", data, *extra), env=part_env)
         processes.append(proc)
         return proc
 
@@ -84,8 +84,9 @@ def start_broker(base_url: str, tmpdir_short: str, part_env: dict[str, str],
 
 
 @pytest.fixture
-def start_workers(base_url: str, part_env: dict[str, str],
-                  processes: list[ReadyProcess]) -> Callable[..., ReadyProcess]:
+def start_workers(
+    base_url: str, part_env: dict[str, str], processes: list[ReadyProcess]
+) -> Callable[..., ReadyProcess]:
     """Start a real worker pool of ``n`` slots running the test tasks."""
 
     def start(n: int = 2, *extra: str) -> ReadyProcess:

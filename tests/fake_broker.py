@@ -53,8 +53,12 @@ class FakeBroker:
         """Send arbitrary frames (junk tests)."""
         self._outbox.put((peer, frames))
 
-    def expect(self, kind: type[Any] | tuple[type[Any], ...], timeout_s: float = 5.0,
-               where: Callable[[Any], bool] = lambda msg: True) -> Any:
+    def expect(
+        self,
+        kind: type[Any] | tuple[type[Any], ...],
+        timeout_s: float = 5.0,
+        where: Callable[[Any], bool] = lambda msg: True,
+    ) -> Any:
         """The next message of ``kind`` matching ``where`` (others are skipped)."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
@@ -67,8 +71,7 @@ class FakeBroker:
         seen = [type(m).__name__ for _, m in self.seen if not isinstance(m, Heartbeat)]
         raise TimeoutError(f"no {kind} within {timeout_s} s; saw {seen}")
 
-    def run(self, task: str, args: bytes = b"{}", timeout_s: float = 10.0,
-            **assign: Any) -> Done | Failed:
+    def run(self, task: str, args: bytes = b"{}", timeout_s: float = 10.0, **assign: Any) -> Done | Failed:
         """Assign a fresh job and wait for its Done or Failed."""
         job_id = new_job_id()
         self.send(Assign(id=job_id, task=task, attempt=1, args=args, **assign))

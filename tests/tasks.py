@@ -119,3 +119,39 @@ def stubborn(job: Job, path: str, seconds: float = 30.0) -> None:
                 swallowed = True
                 _append(path, f"{job.id} {job.attempt} {os.getpid()} swallowed")
     _append(path, f"{job.id} {job.attempt} {os.getpid()} end")
+
+
+@task("one_at_a_time", concurrency=1)
+def one_at_a_time(job: Job, path: str, i: int = 0, seconds: float = 0.2) -> int:
+    """Ledger lines ``job_id attempt pid start|end`` around a sleep; at most one runs at once."""
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} start")
+    time.sleep(seconds)
+    _append(path, f"{job.id} {job.attempt} {os.getpid()} end")
+    return i
+
+
+@task("chatty", max_attempts=1)
+def chatty(job: Job, lines: int = 5, seconds: float = 0.0, fail: bool = False,
+           say: str = "") -> dict[str, Any]:  # fmt: skip
+    """Log ``say`` (if given) and ``lines`` numbered lines (with progress), then return or fail."""
+    if say:
+        job.log(say)
+    for i in range(1, lines + 1):
+        job.log(f"line {i} <b>&amp;</b>")
+        job.progress(i, lines, f"logged {i}")
+        time.sleep(seconds / lines)
+    if fail:
+        job.log("about to fail")
+        raise RuntimeError("chatty failed on purpose")
+    return {"lines": lines}
+
+
+@task("step", max_attempts=1)
+def step(job: Job, n: int = 0, steps: int = 4, seconds: float = 0.2, fail: bool = False) -> dict[str, Any]:
+    """``steps`` progress steps over ``seconds``; fails at the end when ``fail``."""
+    for i in range(1, steps + 1):
+        time.sleep(seconds / steps)
+        job.progress(i, steps, f"step {i}")
+    if fail:
+        raise ValueError(f"step {n} failed on purpose")
+    return {"n": n, "rows": n * 10}

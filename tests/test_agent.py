@@ -29,7 +29,7 @@ def start_agent(
 ) -> Callable[..., ReadyProcess]:
     def start(*extra: str) -> ReadyProcess:
         argv = [PYTHON, "-m", "workers.agent", "--broker", base_url, "--tasks", "tasks", *extra]
-        proc = ReadyProcess(argv, env=part_env)
+        proc = ReadyProcess(argv, env={**part_env, "JOBCAST_LOG": "DEBUG"})  # logs each assignment
         processes.append(proc)
         return proc
 
@@ -182,8 +182,7 @@ def test_stop_cancels_a_job_at_its_next_progress(agent: ReadyProcess, fake_broke
     fake_broker.send(Stop(id=job_id, attempt=1))
     failed = outcome(fake_broker, job_id)
     assert isinstance(failed, Failed) and not failed.retry
-    assert failed.error == {"type": "JobCancelled", "message": "job was cancelled",
-                            "traceback": ""}
+    assert failed.error == {"type": "JobCancelled", "message": "job was cancelled", "traceback": ""}
     assert runner_pid(agent) == child  # cooperative: no kill after the grace
     assert_echo_works(fake_broker)
 

@@ -19,6 +19,7 @@ STAR = p.ALL_JOBS_TOPIC
 @dataclass
 class FakeJob:
     id: str
+    state: str = "running"
 
 
 def all_jobs_events(effects: list[Effect]) -> list[p.Event]:
@@ -108,15 +109,19 @@ def test_feed_alone_with_a_fake_clock() -> None:
     subs = Subscriptions()
     feed: AllJobsFeed[FakeJob] = AllJobsFeed(subs, interval_s=1.0)
     job = FakeJob("a" * 22)
-    assert not feed.on_change(job, 0.0, final=False)
+    assert not feed.on_event(job, 0.0)
     subs.change(b"", True)  # an empty prefix is not a subscription to the all-jobs topic
     assert not feed.active
     subs.change(STAR, True)
-    assert feed.on_change(job, 0.0, final=False)
-    assert not feed.on_progress(job, 0.5)
+    assert feed.on_event(job, 0.0)  # first seen: copied at once
+    assert not feed.on_event(job, 0.5)  # same state inside the interval: held
     assert feed.due(0.9) == [] and feed.due(1.0) == [job]
     assert feed.due(5.0) == [] and feed.next_deadline() == float("inf")
-    assert feed.on_progress(job, 2.0)  # an interval after the last copy: copied at once
+    assert feed.on_event(job, 2.0)  # an interval after the last copy: copied at once
+    assert not feed.on_event(job, 2.1)
+    job.state = "done"
+    assert feed.on_event(job, 2.2) and feed.held == {}  # a change: at once, held copy dropped
+    assert feed.last_state == {} and feed.last_copy_s == {}  # final: forgotten
 
 
 def test_protocol_accepts_the_all_jobs_topic_only_for_events() -> None:

@@ -203,8 +203,9 @@ def test_a_second_pool_started_later_takes_work_at_once(
         job.result(timeout=10)
 
 
-def test_async_client_submit_events_result(broker: ReadyProcess, base_url: str,
-                                           start_workers: Callable[..., ReadyProcess]) -> None:
+def test_async_client_submit_events_result(
+    broker: ReadyProcess, base_url: str, start_workers: Callable[..., ReadyProcess]
+) -> None:
     import asyncio
 
     from broker.client import AsyncClient
@@ -243,7 +244,8 @@ def test_warm_stop_of_a_pool_finishes_its_running_job_once(
 
 
 def test_a_waiting_client_survives_a_broker_restart(
-    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    start_broker: Callable[..., ReadyProcess],
+    start_workers: Callable[..., ReadyProcess],
     base_url: str,
 ) -> None:
     import threading

@@ -807,3 +807,15 @@ def test_a_full_queue_refuses_new_jobs_but_still_coalesces() -> None:
     capped.receive_client(C2, p.encode(p.Submit(req=4, task="echo", args=b'{"n":1}')), 0.0)
     assert_sent(capped.effects_to_apply(), C2, p.Snapshot, req=4)  # joins the running one
     assert capped.stats()["submitted"] == 2
+
+
+def test_a_worker_key_registers_only_its_granted_tasks(broker: Harness) -> None:
+    ready = p.Ready(tasks=["echo", "report"], pid=7, host="h")
+    broker.core.receive_worker(W1, p.encode(ready), 0.0, allowed_tasks=frozenset({"echo"}))
+    broker._effects()
+    assert broker.core.stats()["refused_tasks"] == 1
+    effects = broker.submit(C1, 1.0, task="report")
+    assert_sent(effects, C1, p.Error, code="unknown_task")  # no slot may run it
+    assert not sent(effects, W1, p.Assign)
+    effects = broker.submit(C1, 2.0, task="echo")
+    assert_sent(effects, W1, p.Assign)  # the granted task still flows

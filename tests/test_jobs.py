@@ -28,9 +28,7 @@ LEGAL = [
     (State.RUNNING, State.QUEUED), (State.RUNNING, State.DONE), (State.RUNNING, State.FAILED),
     (State.RUNNING, State.CANCELLED),
 ]  # fmt: skip
-ILLEGAL = [
-    (before, after) for before in State for after in State if (before, after) not in LEGAL
-]
+ILLEGAL = [(before, after) for before in State for after in State if (before, after) not in LEGAL]
 
 
 def make_job(state: State = State.QUEUED) -> Job:
@@ -90,8 +88,9 @@ def test_new_job_ids_are_unique() -> None:
     assert all(is_job_id(job_id) for job_id in ids)
 
 
-@pytest.mark.parametrize("value", ["", "short", "A" * 21, "A" * 23, "A" * 21 + "/",
-                                   "A" * 21 + "=", "A" * 21 + " ", "A" * 21 + "é"])
+@pytest.mark.parametrize(
+    "value", ["", "short", "A" * 21, "A" * 23, "A" * 21 + "/", "A" * 21 + "=", "A" * 21 + " ", "A" * 21 + "é"]
+)
 def test_is_job_id_rejects(value: str) -> None:
     assert not is_job_id(value)
 
@@ -140,8 +139,22 @@ def test_canonical_args_accept_the_safe_int_bound() -> None:
         ("text", "must be a JSON object"),
         (None, "must be a JSON object"),
     ],
-    ids=["nan", "inf", "-inf", "int+", "int-", "bigint", "surrogate", "surrogate-key", "int-key",
-         "tuple", "bytes", "list", "str", "none"],
+    ids=[
+        "nan",
+        "inf",
+        "-inf",
+        "int+",
+        "int-",
+        "bigint",
+        "surrogate",
+        "surrogate-key",
+        "int-key",
+        "tuple",
+        "bytes",
+        "list",
+        "str",
+        "none",
+    ],
 )
 def test_canonical_args_reject(args: Any, phrase: str) -> None:
     with pytest.raises(BadArguments, match=phrase):

@@ -18,9 +18,36 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE = ["protocol", "jobs", "scheduling", "progress", "liveness", "lifecycle", "submission",
-        "workforce", "outbox", "effects", "core", "replies", "addresses", "listing", "retry",
-        "outbound", "metrics", "alljobs", "tally"]
+PURE = [
+    "protocol",
+    "jobs",
+    "scheduling",
+    "progress",
+    "liveness",
+    "lifecycle",
+    "submission",
+    "joblog",
+    "groups",
+    "group_desk",
+    "workforce",
+    "outbox",
+    "effects",
+    "core",
+    "replies",
+    "addresses",
+    "listing",
+    "retry",
+    "outbound",
+    "metrics",
+    "queue_position",
+    "concurrency",
+    "periodic",
+    "pausing",
+    "placement",
+    "task_controls",
+    "alljobs",
+    "tally",
+]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]
 ALLOWED_BROKER_IMPORTS = {f"broker.{name}" for name in [*PURE, "errors"]}
 IO_MODULES = {"zmq", "asyncio", "socket", "diskcache", "sqlite3"}
@@ -59,12 +86,14 @@ def package_sources() -> list[Path]:
 
 
 def test_scanner_sees_imports() -> None:
-    tree = ast.parse(textwrap.dedent("""
+    tree = ast.parse(
+        textwrap.dedent("""
         import zmq.asyncio
         from . import results
         def later():
             from diskcache import Cache
-    """))
+    """)
+    )
     found = imported_modules(tree, "broker")
     assert {"zmq", "broker", "diskcache"} <= roots(found)
     assert "broker.results" in found
@@ -99,8 +128,9 @@ def test_pure_modules_load_no_io_at_run_time() -> None:
         print(" ".join(sorted(loaded & set({sorted(IO_MODULES)!r}))))
         print(" ".join(sorted(m for m in sys.modules if m.startswith("broker."))))
     """)
-    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stderr
     io_loaded, broker_loaded = done.stdout.splitlines()
     assert io_loaded == ""
@@ -132,8 +162,11 @@ def test_pickle_scan_would_catch_a_pyobj_call() -> None:
 
 
 def test_only_the_result_tests_import_pickle() -> None:
-    users = [path.name for path in sorted((ROOT / "tests").glob("*.py"))
-             if "pickle" in roots(imported_modules(parse(path), "tests"))]
+    users = [
+        path.name
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        if "pickle" in roots(imported_modules(parse(path), "tests"))
+    ]
     assert users == ["test_results.py"]
 
 

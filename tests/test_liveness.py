@@ -73,8 +73,7 @@ def test_heartbeat_interval_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0.1", 0.1), ("0.01", 0.01), ("60", 60.0)])
-def test_heartbeat_interval_from_env(monkeypatch: pytest.MonkeyPatch, value: str,
-                                     expected: float) -> None:
+def test_heartbeat_interval_from_env(monkeypatch: pytest.MonkeyPatch, value: str, expected: float) -> None:
     monkeypatch.setenv("JOBCAST_HEARTBEAT_S", value)
     assert heartbeat_interval_s() == expected
 

@@ -10,8 +10,12 @@ from helpers import PYTHON, ReadyProcess, wait_for
 
 
 def test_mounted_app_serves_api_pages_and_the_users_routes(
-    broker: ReadyProcess, start_workers: Callable[..., ReadyProcess], base_url: str,
-    tmpdir_short: str, part_env: dict[str, str], processes: list[ReadyProcess],
+    broker: ReadyProcess,
+    start_workers: Callable[..., ReadyProcess],
+    base_url: str,
+    tmpdir_short: str,
+    part_env: dict[str, str],
+    processes: list[ReadyProcess],
 ) -> None:
     start_workers(1)
     env = {**part_env, "JOBCAST_BROKER": base_url, "JOBCAST_DATA": os.path.join(tmpdir_short, "data")}
@@ -22,8 +26,9 @@ def test_mounted_app_serves_api_pages_and_the_users_routes(
     created = httpx.post(url + "/jobcast/api/jobs", json={"task": "echo", "args": {"n": 1}}, timeout=10)
     assert created.status_code == 202
     job_url = f"{url}/jobcast/api/jobs/{created.json()['id']}"
-    done = wait_for(lambda: (r := httpx.get(job_url, timeout=10).json())["state"] == "done" and r,
-                    timeout_s=15)
+    done = wait_for(
+        lambda: (r := httpx.get(job_url, timeout=10).json())["state"] == "done" and r, timeout_s=15
+    )
     assert done["result"] == {"n": 1}
     first = httpx.get(url + "/jobcast/reports/echo?region=eu", timeout=10)
     assert first.status_code == 303 and first.headers["location"].startswith("/jobcast/jobs/")

@@ -117,3 +117,29 @@ def test_cli_failed_and_retry(
     assert unknown.returncode == 1 and "no such job" in unknown.stderr
     bad = run_cli(base_url, part_env, "failed", "--limit", "0")
     assert bad.returncode == 2 and "limit must be" in bad.stderr
+
+
+def test_async_client_lists_and_retries(
+    client: Client, base_url: str, start_workers: Callable[..., ReadyProcess]
+) -> None:
+    import asyncio
+
+    from broker.client import AsyncClient
+
+    start_workers(1)
+    failed_id = failed_job(client)
+
+    async def scenario() -> tuple[list[dict[str, object]], dict[str, object]]:
+        async_client = AsyncClient(base_url, timeout_s=10)
+        try:
+            listed = await async_client.jobs(state="failed", task="fail", limit=10)
+            with pytest.raises(BadArguments):
+                await async_client.jobs(state="nope")
+            again = await async_client.retry(failed_id)
+            return listed, await async_client.wait(again.id, timeout=20)
+        finally:
+            await async_client.aclose()
+
+    listed, final = asyncio.run(scenario())
+    assert [view["id"] for view in listed] == [failed_id]
+    assert final["state"] == "failed" and final["id"] != failed_id

@@ -21,8 +21,7 @@ def fake_broker(base_url: str) -> Iterator[FakeBroker]:
     broker.close()
 
 
-def start_pool(base_url: str, env: dict[str, str], processes: list[ReadyProcess],
-               slots: int) -> ReadyProcess:
+def start_pool(base_url: str, env: dict[str, str], processes: list[ReadyProcess], slots: int) -> ReadyProcess:
     argv = [PYTHON, "-m", "workers", "--broker", base_url, "-n", str(slots), "--tasks", "tasks"]
     proc = ReadyProcess(argv, env=env)
     processes.append(proc)
@@ -30,7 +29,9 @@ def start_pool(base_url: str, env: dict[str, str], processes: list[ReadyProcess]
 
 
 def test_pool_is_ready_restarts_agents_and_stops_cleanly(
-    fake_broker: FakeBroker, base_url: str, part_env: dict[str, str],
+    fake_broker: FakeBroker,
+    base_url: str,
+    part_env: dict[str, str],
     processes: list[ReadyProcess],
 ) -> None:
     pool = start_pool(base_url, part_env, processes, slots=2)
@@ -54,8 +55,7 @@ def test_pool_is_ready_restarts_agents_and_stops_cleanly(
 
 def test_pool_refuses_a_missing_task_module(base_url: str, part_env: dict[str, str]) -> None:
     argv = [PYTHON, "-m", "workers", "--broker", base_url, "-n", "1", "--tasks", "nope_mod"]
-    proc = subprocess.run(argv, env={**os.environ, **part_env}, capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(argv, env={**os.environ, **part_env}, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "cannot import task module 'nope_mod'" in proc.stderr
 

@@ -13,30 +13,66 @@ from broker.errors import ProtocolError
 JOB_ID = "AbCdEfGhIjKlMnOpQrStUv"
 
 SAMPLES: list[p.Message] = [
-    p.Submit(req=1, task="report", args=b'{"region":"eu","year":2026}', ttl_s=60.5, force=True,
-             priority="high", delay_s=1.5, run_at=1_700_000_000.25, scope="tenant-a",
-             max_attempts=5, timeout_s=30.0),
+    p.Submit(
+        req=1,
+        task="report",
+        args=b'{"region":"eu","year":2026}',
+        ttl_s=60.5,
+        force=True,
+        priority="high",
+        delay_s=1.5,
+        run_at=1_700_000_000.25,
+        scope="tenant-a",
+        max_attempts=5,
+        timeout_s=30.0,
+    ),
+    p.SubmitGroup(
+        req=11,
+        task="db_query",
+        args=b'[{"n":1},{"n":2}]',
+        ttl_s=5.0,
+        force=True,
+        priority="low",
+        scope="t",
+        max_attempts=2,
+        timeout_s=9.0,
+    ),
     p.Status(req=2, id=JOB_ID),
     p.Cancel(req=3, id=JOB_ID),
     p.Wait(req=4, id=JOB_ID),
     p.Stats(req=5),
-    p.Snapshot(req=6, job={"id": JOB_ID, "state": "done", "done": 3, "total": 3},
-               result=b'{"rows":[1,2,3]}'),
+    p.Pause(req=10, task="report"),
+    p.Resume(req=11, task="report"),
+    p.Snapshot(req=6, job={"id": JOB_ID, "state": "done", "done": 3, "total": 3}, result=b'{"rows":[1,2,3]}'),
     p.Counters(req=7, stats={"queued": 2, "workers": 1, "tasks": ["echo"]}, metrics=b'{"tasks":{}}'),
     p.Error(req=8, code="unknown_job", message="no such job"),
-    p.Ready(tasks=["echo", "report"], options={"echo": {"ttl_s": 10, "max_attempts": 2}},
-            pid=4242, host="box-1"),
+    p.Ready(
+        tasks=["echo", "report"], options={"echo": {"ttl_s": 10, "max_attempts": 2}}, pid=4242, host="box-1"
+    ),
     p.Heartbeat(),
+    p.Log(id=JOB_ID, attempt=1, lines=["connected", "<script>x</script>", "ünïcode"]),
     p.Assign(id=JOB_ID, task="echo", attempt=2, args=b'{"x":1}', timeout_s=12.5),
-    p.Done(id=JOB_ID, attempt=2, result=b'{"ok":true}',
-           last={"done": 9, "total": 10, "message": "almost"}),
-    p.Failed(id=JOB_ID, attempt=1, error={"type": "ValueError", "message": "bad", "traceback": "tb"},
-             retry=False),
+    p.Done(id=JOB_ID, attempt=2, result=b'{"ok":true}', last={"done": 9, "total": 10, "message": "almost"}),
+    p.Failed(
+        id=JOB_ID, attempt=1, error={"type": "ValueError", "message": "bad", "traceback": "tb"}, retry=False
+    ),
     p.Stop(id=JOB_ID, attempt=3),
     p.Bye(),
     p.Progress(id=JOB_ID, attempt=1, done=4, total=10, message="step 4"),
-    p.Event(id=JOB_ID, seq=9, epoch=2, state="running", done=4, total=10, message="step 4",
-            eta_s=6.0, ts=1_700_000_000.5, attempts=1, error=None, extra={"position": 0}),
+    p.Event(
+        id=JOB_ID,
+        seq=9,
+        epoch=2,
+        state="running",
+        done=4,
+        total=10,
+        message="step 4",
+        eta_s=6.0,
+        ts=1_700_000_000.5,
+        attempts=1,
+        error=None,
+        extra={"position": 0},
+    ),
     p.ListJobs(req=9, state="failed", task="report", limit=1000),
     p.JobList(req=10, views=b'[{"id":"x","state":"failed"}]'),
     p.Retry(req=11, id=JOB_ID),
@@ -99,8 +135,7 @@ def test_defaults_round_trip() -> None:
 
 
 def test_int_accepted_for_float_field() -> None:
-    msg = p.decode(frames_of(p.Assign, {"id": JOB_ID, "task": "t", "attempt": 1, "timeout_s": 5},
-                             b"{}"))
+    msg = p.decode(frames_of(p.Assign, {"id": JOB_ID, "task": "t", "attempt": 1, "timeout_s": 5}, b"{}"))
     assert isinstance(msg, p.Assign)
     assert msg.timeout_s == 5
 
@@ -281,3 +316,32 @@ def test_rejects_oversized_job_list_payload() -> None:
 
 def test_rejects_retry_without_an_id() -> None:
     refuse(frames_of(p.Retry, {"req": 1}), r"Retry: .*missing .*'id'")
+
+
+@pytest.mark.parametrize("cls", [p.Pause, p.Resume])
+def test_pause_and_resume_need_a_string_task(cls: type[Any]) -> None:
+    refuse(frames_of(cls, {"req": 1}), "task")
+    refuse(frames_of(cls, {"req": 1, "task": 7}), "wrong type")
+    refuse(frames_of(cls, {"req": 1, "task": "x"}, b"{}"), "at most 3 frames")
+    assert p.decode(frames_of(cls, {"req": 1, "task": "x"})) == cls(req=1, task="x")
+
+
+def test_rejects_group_without_args_payload() -> None:
+    refuse(frames_of(p.SubmitGroup, {"req": 1, "task": "t"}), "args")
+
+
+def test_rejects_oversized_group_payload() -> None:
+    frames = frames_of(p.SubmitGroup, {"req": 1, "task": "t"}, b"[" + b" " * p.MAX_ARGS_BYTES + b"]")
+    refuse(frames, "payload exceeds")
+
+
+def test_rejects_log_lines_not_strings() -> None:
+    refuse(frames_of(p.Log, {"id": JOB_ID, "attempt": 1, "lines": ["ok", 3]}), "Log.lines: wrong type")
+
+
+def test_rejects_log_lines_not_a_list() -> None:
+    refuse(frames_of(p.Log, {"id": JOB_ID, "attempt": 1, "lines": "one line"}), "Log.lines: wrong type")
+
+
+def test_rejects_log_with_payload_frame() -> None:
+    refuse(frames_of(p.Log, {"id": JOB_ID, "attempt": 1, "lines": []}, b"x"), "at most 3 frames")

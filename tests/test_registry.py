@@ -38,8 +38,21 @@ def test_defaults_are_designs(scratch: list[str]) -> None:
     task("t_plain")(lambda job: None)
     scratch.append("t_plain")
     assert registry.lookup("t_plain").options() == {
-        "ttl_s": 86400.0, "timeout_s": None, "max_attempts": 3,
+        "ttl_s": 86400.0,
+        "timeout_s": None,
+        "max_attempts": 3,
     }
+
+
+def test_scheduling_options_are_announced_only_when_set(scratch: list[str]) -> None:
+    task("t_limited", concurrency=2, every=30)(lambda job: None)
+    task("t_cron", cron="*/5 * * * *")(lambda job: None)
+    scratch.extend(["t_limited", "t_cron"])
+    options = registry.options()
+    assert options["t_limited"] == {
+        "ttl_s": 86400.0, "timeout_s": None, "max_attempts": 3, "concurrency": 2, "every_s": 30.0,
+    }  # fmt: skip
+    assert options["t_cron"]["cron"] == "*/5 * * * *" and "every_s" not in options["t_cron"]
 
 
 def test_unknown_task_names_the_known_ones(scratch: list[str]) -> None:
@@ -57,6 +70,12 @@ def test_unknown_task_names_the_known_ones(scratch: list[str]) -> None:
         ({"timeout": 0}, "timeout must be None or > 0"),
         ({"max_attempts": 0}, "max_attempts must be an int >= 1"),
         ({"max_attempts": True}, "max_attempts must be an int >= 1"),
+        ({"concurrency": 0}, "concurrency must be None or an int >= 1"),
+        ({"concurrency": 1.5}, "concurrency must be None or an int >= 1"),
+        ({"every": 0}, "every must be 0.1"),
+        ({"every": "5"}, "every must be 0.1"),
+        ({"cron": "every five minutes"}, "cron must be a cron spec"),
+        ({"every": 5, "cron": "* * * * *"}, "every or cron, not both"),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict[str, Any], match: str) -> None:

@@ -50,9 +50,14 @@ def reader(data_dir: str) -> Iterator[ResultReader]:
     opened.close()
 
 
-def record(job_id: str = JOB_ID, result: bytes | None = b'{"total":42}', *,
-           retention_s: float = 3600.0, cache_key: str | None = KEY,
-           ttl_s: float = 86400.0) -> StoreResult:
+def record(
+    job_id: str = JOB_ID,
+    result: bytes | None = b'{"total":42}',
+    *,
+    retention_s: float = 3600.0,
+    cache_key: str | None = KEY,
+    ttl_s: float = 86400.0,
+) -> StoreResult:
     view = {"id": job_id, "state": "done", "done": 3, "total": 3, "seq": 4}
     return StoreResult(job_id, view, result, retention_s, cache_key, ttl_s)
 
@@ -121,8 +126,7 @@ def read_in_subprocess(data_dir: str) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def test_reader_in_another_process_while_the_writer_is_open(store: ResultStore,
-                                                            data_dir: str) -> None:
+def test_reader_in_another_process_while_the_writer_is_open(store: ResultStore, data_dir: str) -> None:
     store.store_many([record()])
     seen = read_in_subprocess(data_dir)
     assert seen == {"view": record().view, "result": '{"total":42}', "key": JOB_ID}
@@ -139,8 +143,7 @@ def test_reader_in_another_process_after_the_writer_closed(data_dir: str) -> Non
 # --- expiry ----------------------------------------------------------------------------------
 
 
-def test_cache_key_expires_before_the_job_record(store: ResultStore,
-                                                 reader: ResultReader) -> None:
+def test_cache_key_expires_before_the_job_record(store: ResultStore, reader: ResultReader) -> None:
     store.store_many([record(ttl_s=0.05, retention_s=3600.0)])
     assert store.job_for_key(KEY) == JOB_ID
     wait_for(lambda: store.job_for_key(KEY) is None, timeout_s=5)
@@ -174,8 +177,7 @@ def test_safe_disk_refuses_non_bytes_values(store: ResultStore, value: Any) -> N
     assert store.cache.get("job:x") == b"{}"
 
 
-@pytest.mark.parametrize("key", [("result", JOB_ID), 3, b"raw", 1.5], ids=["tuple", "int",
-                                                                          "bytes", "float"])
+@pytest.mark.parametrize("key", [("result", JOB_ID), 3, b"raw", 1.5], ids=["tuple", "int", "bytes", "float"])
 def test_safe_disk_refuses_non_str_keys(store: ResultStore, key: Any) -> None:
     with pytest.raises(TypeError, match="cache keys must be str"):
         store.cache.set(key, b"x")
@@ -193,14 +195,16 @@ class Evil:
 
 
 @pytest.mark.parametrize("tampered", ["result", "job", "key"])
-def test_tampered_pickle_row_is_refused(store: ResultStore, reader: ResultReader,
-                                        data_dir: str, tampered: str) -> None:
+def test_tampered_pickle_row_is_refused(
+    store: ResultStore, reader: ResultReader, data_dir: str, tampered: str
+) -> None:
     store.store_many([record()])
     marker = os.path.join(os.path.dirname(data_dir), "pwned")
     key = f"key:{KEY}" if tampered == "key" else f"{tampered}:{JOB_ID}"
     with sqlite3.connect(db_path(data_dir)) as db:
-        changed = db.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = ?",
-                             (pickle.dumps(Evil(marker)), key)).rowcount
+        changed = db.execute(
+            "UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (pickle.dumps(Evil(marker)), key)
+        ).rowcount
     db.close()
     assert changed == 1
     read = (lambda s: s.job_for_key(KEY)) if tampered == "key" else (lambda s: s.job(JOB_ID))
@@ -214,8 +218,10 @@ def test_tampered_pickle_row_is_refused(store: ResultStore, reader: ResultReader
 def test_tampered_key_column_is_refused(store: ResultStore, data_dir: str) -> None:
     store.store_many([record()])
     with sqlite3.connect(db_path(data_dir)) as db:
-        db.execute("UPDATE Cache SET raw = 0, key = ? WHERE key = ?",
-                   (pickle.dumps(("job", JOB_ID)), f"job:{JOB_ID}"))
+        db.execute(
+            "UPDATE Cache SET raw = 0, key = ? WHERE key = ?",
+            (pickle.dumps(("job", JOB_ID)), f"job:{JOB_ID}"),
+        )
     db.close()
     assert store.job(JOB_ID) is None  # a str key never matches a pickled one
     with pytest.raises(UnsafeStoredData, match="unpickle"):
@@ -248,13 +254,16 @@ def test_prepare_data_dir_refuses_a_writable_dir(data_dir: str, mode: int) -> No
     assert prepare_data_dir(data_dir) == os.path.abspath(data_dir)
 
 
-def test_a_file_name_escaping_the_cache_dir_is_refused(store: ResultStore, reader: ResultReader,
-                                                        data_dir: str) -> None:
+def test_a_file_name_escaping_the_cache_dir_is_refused(
+    store: ResultStore, reader: ResultReader, data_dir: str
+) -> None:
     big = json.dumps({"rows": ["x" * 100] * 2000}).encode()
     store.store_many([record(result=big)])
     with sqlite3.connect(db_path(data_dir)) as db:
-        db.execute("UPDATE Cache SET filename = ? WHERE key = ?",
-                   ("../../../../../../etc/hostname", f"result:{JOB_ID}"))
+        db.execute(
+            "UPDATE Cache SET filename = ? WHERE key = ?",
+            ("../../../../../../etc/hostname", f"result:{JOB_ID}"),
+        )
     for source in (store, reader):
         with pytest.raises(UnsafeStoredData, match="outside"):
             source.job(JOB_ID)

@@ -24,8 +24,14 @@ def drain(queue: JobQueue, tasks: list[str]) -> list[str]:
 
 def test_priority_then_fifo() -> None:
     queue = JobQueue()
-    for job_id, priority in [("n1", "normal"), ("l1", "low"), ("h1", "high"), ("n2", "normal"),
-                             ("h2", "high"), ("l2", "low")]:
+    for job_id, priority in [
+        ("n1", "normal"),
+        ("l1", "low"),
+        ("h1", "high"),
+        ("n2", "normal"),
+        ("h2", "high"),
+        ("l2", "low"),
+    ]:
         queue.push(job_id, "t", priority, 0.0, NOW)
     assert drain(queue, ["t"]) == ["h1", "h2", "n1", "n2", "l1", "l2"]
     assert queue.depth() == 0
@@ -113,8 +119,13 @@ def test_idle_workers_lru() -> None:
 
 @pytest.mark.parametrize(
     ("attempts", "delay_s"),
-    [(0, RETRY_BASE_S), (1, RETRY_BASE_S), (2, 2 * RETRY_BASE_S), (3, 4 * RETRY_BASE_S),
-     (4, 8 * RETRY_BASE_S)],
+    [
+        (0, RETRY_BASE_S),
+        (1, RETRY_BASE_S),
+        (2, 2 * RETRY_BASE_S),
+        (3, 4 * RETRY_BASE_S),
+        (4, 8 * RETRY_BASE_S),
+    ],
 )
 def test_retry_delay_doubles(attempts: int, delay_s: float) -> None:
     assert retry_delay_s(attempts) == delay_s

@@ -28,6 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from broker import protocol as p
 from broker.client import Client
+from broker.errors import UnknownTask
 from broker.security import ClientKeys, client_keys, configure_client, create_key_pair
 
 CONTROL_S = 2.0  # a control request on a healthy broker answers well within this
@@ -207,6 +208,40 @@ def test_enrolled_worker_and_client_run_a_job_with_progress(
     assert len(middle) >= 3, events  # intermediate progress really crossed the CURVE PUB
     assert job.result(timeout=10) == {"steps": 10}
     assert good_client.stats()["workers"] == 1
+
+
+def test_a_worker_key_with_a_task_grant_runs_only_those_tasks(
+    start_tcp_broker: Callable[..., ReadyProcess], keys: KeyFiles, tcp_url: str,
+    processes: list[ReadyProcess], part_env: dict[str, str],
+) -> None:  # fmt: skip
+    """S17: ``NAME.tasks`` beside ``NAME.key`` narrows what that worker key may register."""
+    with open(os.path.join(keys.allow_dir, "worker.tasks"), "w") as grant:
+        grant.write("# this host may only echo\necho\n")
+    port = tcp_url.rsplit(":", 1)[1]
+    broker = start_tcp_broker(f"tcp://0.0.0.0:{port}", "--curve-secret", keys.broker_secret,
+                              "--curve-allow", keys.allow_dir)  # fmt: skip
+    start_tcp_workers(processes, part_env, tcp_url, *keys.worker_args())
+    with Client(tcp_url, timeout_s=10, curve=keys.client()) as client:
+        wait_for(lambda: client.stats()["workers"] == 1, timeout_s=10)
+        assert client.submit("echo", {"n": 3}).result(timeout=10) == {"n": 3}
+        with pytest.raises(UnknownTask):
+            client.submit("slow", {"seconds": 0.1, "steps": 1})  # advertised, not granted
+        stats = client.stats()
+    assert stats["tasks"] == ["echo"] and stats["refused_tasks"] > 0
+    assert any("may not run" in line for line in broker.stderr_lines), broker.output()
+
+
+def test_keys_command_writes_a_task_grant(tmpdir_short: str) -> None:
+    directory = os.path.join(tmpdir_short, "keys")
+    done = subprocess.run(jobcast("keys", directory, "--name", "w2", "--tasks", "report, feeds"),
+                          capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open(os.path.join(directory, "w2.tasks")) as grant:
+        assert grant.read().split() == ["feeds", "report"]
+    empty = subprocess.run(jobcast("keys", directory, "--name", "w3", "--tasks", " , "),
+                           capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert empty.returncode == 2 and "at least one task" in empty.stderr
+    assert not os.path.exists(os.path.join(directory, "w3.key"))  # refused before writing keys
 
 
 def test_unknown_worker_key_is_refused_and_its_job_never_runs(

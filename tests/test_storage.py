@@ -15,8 +15,11 @@ from broker.errors import StorageFull, UnknownJob
 
 
 def test_low_free_space_pauses_submits_but_not_reads(
-    start_broker: Callable[..., ReadyProcess], base_url: str, part_env: dict[str, str],
-    tmpdir_short: str, processes: list[ReadyProcess],
+    start_broker: Callable[..., ReadyProcess],
+    base_url: str,
+    part_env: dict[str, str],
+    tmpdir_short: str,
+    processes: list[ReadyProcess],
 ) -> None:
     part_env["JOBCAST_MIN_FREE_MB"] = str(10**12)  # more than any disk has: always "full"
     start_broker()
@@ -30,12 +33,17 @@ def test_low_free_space_pauses_submits_but_not_reads(
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_write_failures_pause_submits_until_space_returns(
-    base_url: str, part_env: dict[str, str], tmpdir_short: str, processes: list[ReadyProcess],
+    base_url: str,
+    part_env: dict[str, str],
+    tmpdir_short: str,
+    processes: list[ReadyProcess],
     start_workers: Callable[..., ReadyProcess],
 ) -> None:
     data = os.path.join(tmpdir_short, "data")
-    broker = ReadyProcess(["prlimit", "--fsize=3000000:unlimited", *jobcast("broker", "--broker", base_url,
-                                                                  "--data", data)], env=part_env)
+    broker = ReadyProcess(
+        ["prlimit", "--fsize=3000000:unlimited", *jobcast("broker", "--broker", base_url, "--data", data)],
+        env=part_env,
+    )
     processes.append(broker)
     blob = "x" * 200_000
     acknowledged: list[str] = []

@@ -11,11 +11,15 @@ import httpx
 from helpers import ReadyProcess, children_of, jobcast, pid_alive, wait_for
 
 
-def test_up_serves_the_demo_and_stops_cleanly(base_url: str, tmpdir_short: str,
-                                              part_env: dict[str, str]) -> None:
+def test_up_serves_the_demo_and_stops_cleanly(
+    base_url: str, tmpdir_short: str, part_env: dict[str, str]
+) -> None:
     data = os.path.join(tmpdir_short, "data")
-    up = ReadyProcess(jobcast("up", "--port", "0", "--workers", "1", "--broker", base_url,
-                              "--data", data), env=part_env, ready_timeout_s=60)
+    up = ReadyProcess(
+        jobcast("up", "--port", "0", "--workers", "1", "--broker", base_url, "--data", data),
+        env=part_env,
+        ready_timeout_s=60,
+    )
     try:
         url = up.ready_line.split(" ready ", 1)[1].split()[0]
         parts = children_of(up.pid)
@@ -25,8 +29,9 @@ def test_up_serves_the_demo_and_stops_cleanly(base_url: str, tmpdir_short: str,
         first = httpx.get(url + path, timeout=10)
         assert first.status_code == 303
         job_id = urlsplit(first.headers["location"]).path.rsplit("/", 1)[1]
-        wait_for(lambda: httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()["state"] == "done",
-                 timeout_s=30)
+        wait_for(
+            lambda: httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()["state"] == "done", timeout_s=30
+        )
         assert "Cached result." in httpx.get(url + path, timeout=10).text
         up.signal(signal.SIGTERM)
         assert up.wait(timeout_s=20) == 0

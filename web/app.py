@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.addresses import endpoints
 from broker.client import AsyncClient
 from broker.results import ResultReader
-from web import api, dashboard, events, metrics, pages
+from web import api, dashboard, events, groups, metrics, pages
 from web.callbacks import CallbackPolicy, CallbackSender
 from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         *api.routes,
         *events.routes,
+        *groups.routes,
         *pages.routes,
         *metrics.routes,
         *dashboard.routes,

@@ -88,6 +88,7 @@ async def index(request: Request) -> HTMLResponse:
             "Sample feeds (served by this server)",
             f"{base}/reports/feeds?" + urlencode([("urls", feeds + name) for name in DEMO_FEEDS]),
         ),
+        ("Parallel report: ten slow database queries, one bar", f"{base}/demo/parallel-report"),
     ]
     demos = Markup("".join(f'<li><a href="{escape(url)}">{escape(text)}</a></li>' for text, url in links))
     return _html(render("index.html", base=base, demos=demos))

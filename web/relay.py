@@ -46,6 +46,18 @@ EVENT_FIELDS: Final = ("id", "seq", "epoch", "state", "done", "total", "message"
                        "ts", "attempts", "error")  # fmt: skip
 SNAPSHOT_FIELDS: Final = (*EVENT_FIELDS, "task", "max_attempts", "created_at", "started_at",
                           "finished_at", "cached")  # fmt: skip
+# when present: a queued job's place; a job's log lines; a group's size, counts, changed
+# child and children rows
+OPTIONAL_FIELDS: Final = (
+    "position",
+    "starts_in_s",
+    "log",
+    "log_count",
+    "size",
+    "counts",
+    "child",
+    "children",
+)
 
 
 # --- pure: messages, the keep-latest buffer, the join and the cursor --------------------
@@ -73,6 +85,8 @@ class Message(dict[str, Any]):
 def event_message(event: Event) -> Message:
     """The JSON a browser receives for one broker event."""
     message = Message((name, getattr(event, name)) for name in EVENT_FIELDS)
+    extra = event.extra or {}
+    message.update((name, extra[name]) for name in OPTIONAL_FIELDS if name in extra)
     message["kind"] = "event"
     return message
 
@@ -80,6 +94,7 @@ def event_message(event: Event) -> Message:
 def snapshot_message(job: Mapping[str, Any]) -> Message:
     """The JSON a browser receives for a job snapshot (never the result: it may be large)."""
     message = Message((name, job.get(name)) for name in SNAPSHOT_FIELDS)
+    message.update((name, job[name]) for name in OPTIONAL_FIELDS if name in job)
     message["kind"] = "snapshot"
     return message
 

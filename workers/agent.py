@@ -27,7 +27,7 @@ import zmq
 from broker.addresses import broker_url, endpoints
 from broker.errors import UnknownTask
 from broker.liveness import Backoff
-from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Message, Ready, Stop
+from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Log, Message, Ready, Stop
 from broker.security import ClientKeys, client_keys
 from workers import registry
 from workers.child import Child
@@ -142,7 +142,7 @@ class Agent:
             self.connection.send(Failed(id=msg.id, attempt=msg.attempt, error=busy), now)
             return
         self.current = Attempt.start(msg, _task_timeout_s(msg), now)
-        logger.info("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
+        logger.debug("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
         if self.child is None:
             self._spawn_child()
         try:
@@ -169,7 +169,7 @@ class Agent:
     def _finish(self, msg: Done | Failed, now: float) -> None:
         self.current = None
         state = "done" if isinstance(msg, Done) else f"failed ({msg.error.get('type')})"
-        logger.info("job %s attempt %d %s", msg.id, msg.attempt, state)
+        logger.debug("job %s attempt %d %s", msg.id, msg.attempt, state)
         self.connection.send(msg, now)
 
     def _check_deadlines(self, now: float) -> None:
@@ -234,6 +234,9 @@ class Agent:
         current = self.current
         if current is None or not current.matches(header.get("id"), header.get("attempt")):
             logger.warning("job %s: dropped a stale outcome from the runner", header.get("id"))
+            return
+        if isinstance(header.get("log"), list):  # log lines go out ahead of the outcome, in order
+            self.connection.send(Log(id=current.id, attempt=current.attempt, lines=header["log"]), now)
             return
         self.child_backoff.reset()
         self._finish(outcome_message(current, header, payload), now)

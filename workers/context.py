@@ -1,10 +1,14 @@
-"""The ``Job`` handed to a task: its identity, throttled ``progress()`` and cancellation.
+"""The ``Job`` handed to a task: its identity, throttled ``progress()``, ``log()`` and cancellation.
 
 Progress is published on the runner's own PUB socket (topic = job id) at most every
 ``PROGRESS_INTERVAL_S``; the latest call is always remembered, flushed when the task
 ends and reported in ``Done.last``, so the last figures are never lost. When the agent
 asks for a cancel (a message on the control pipe), the next ``progress()`` raises
 ``JobCancelled``.
+
+``log(text)`` lines go to ``log_sink`` (the runner writes them to the agent, which sends
+them to the broker on its DEALER, so they arrive in order and before the attempt's
+``Done``), rate-limited and batched by ``workers.logbuffer``; ``flush()`` sends the rest.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import zmq
 
 from broker.errors import JobCancelled
 from broker.protocol import Progress, encode
+from workers.logbuffer import LogBuffer
 from workers.pipes import read_message
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+LogSink = Callable[[list[str]], None]
 PROGRESS_INTERVAL_S: Final = 0.1
 CANCEL_CHECK_INTERVAL_S: Final = 0.005
 MAX_MESSAGE_CHARS: Final = 1000
@@ -41,6 +47,7 @@ class Job:
         publisher: zmq.Socket[bytes] | None = None,
         control_fd: int | None = None,
         clock: Clock = time.monotonic,
+        log_sink: LogSink | None = None,
     ) -> None:
         self.id = id
         self.attempt = attempt
@@ -53,6 +60,8 @@ class Job:
         self._sent_at = float("-inf")
         self._checked_at = float("-inf")
         self._cancelled = False
+        self._log_sink = log_sink
+        self._log = LogBuffer(clock())
 
     def __repr__(self) -> str:
         return f"<Job {self.id} attempt {self.attempt} task {self.task!r}>"
@@ -87,17 +96,38 @@ class Job:
         if now - self._sent_at >= PROGRESS_INTERVAL_S:
             self._sent_at = now
             self._publish(self._latest)
+            if self._log.pending:
+                self._send_log(now, final=False)
             self._check_cancel(now)
         elif now - self._checked_at >= CANCEL_CHECK_INTERVAL_S:
             self._check_cancel(now)
         if self._cancelled:
             raise JobCancelled(self.id)
 
+    def log(self, text: str) -> None:
+        """Add a line to the job's log, shown live on its page (bounded, rate-limited).
+
+        Raises:
+            TypeError: ``text`` is not a string.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"log text must be a str (got {type(text).__name__})")
+        now = self._clock()
+        self._log.add(text, now)
+        if self._log.due(now):
+            self._send_log(now, final=False)
+
     def flush(self) -> dict[str, Any] | None:
-        """Publish the latest progress if it was throttled; return it (for ``Done.last``)."""
+        """Send what was throttled (progress and log lines); return the last progress."""
+        self._send_log(self._clock(), final=True)
         if self._latest is not None and self._latest != self._published:
             self._publish(self._latest)
         return self.last
+
+    def _send_log(self, now: float, *, final: bool) -> None:
+        for lines in self._log.take(now, final=final):
+            if self._log_sink is not None:
+                self._log_sink(lines)
 
     def _publish(self, figures: tuple[int, int, str]) -> None:
         self._published = figures

@@ -1,4 +1,5 @@
-"""The bundled ``report`` demo task: a slow report over filters, with steady progress."""
+"""The bundled demo tasks: ``report`` (a slow report over filters) and ``db_query`` (one slow
+"database" count; ten of them in a group make the parallel report)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,26 @@ def report(job: Job, region: str = "all", year: int = 2026, steps: int = 20,
         job.progress(step, steps, f"Summed {month} slice {step} of {steps} for {region}")
     total = {"orders": sum(r["orders"] for r in rows), "revenue": sum(r["revenue"] for r in rows)}
     return {"region": region, "year": year, "rows": rows, "total": total}
+
+
+DEMO_TABLES: Final = ("orders", "customers", "invoices", "refunds", "shipments",
+                      "returns", "payments", "reviews", "stock", "visits")  # fmt: skip
+
+
+@task("db_query", ttl=3600, timeout=120, max_attempts=3)
+def db_query(job: Job, table: str = "orders", steps: int = 8, step_s: float = 0.3) -> dict[str, Any]:
+    """A slow (made-up) "database" count over one table: the parallel report's unit of work."""
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an int within 1..{MAX_STEPS} (got {steps!r})")
+    if not isinstance(step_s, int | float) or not 0 <= step_s <= 60:
+        raise ValueError(f"step_s must be a number within 0..60 (got {step_s!r})")
+    rng = random.Random(f"db/{table}")
+    rows = 0
+    job.log(f"SELECT count(*) FROM {table}  -- {steps} batches")
+    for step in range(1, steps + 1):
+        time.sleep(step_s)
+        batch = rng.randint(100, 999)
+        rows += batch
+        job.log(f"{table}: batch {step}/{steps} counted {batch} rows")
+        job.progress(step, steps, f"{table}: {rows} rows so far")
+    return {"table": table, "rows": rows}

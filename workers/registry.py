@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from broker.errors import BadArguments, JobcastError, UnknownTask
 from broker.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TTL_S, check_task_name
+from broker.periodic import MAX_EVERY_S, MIN_EVERY_S, is_valid_cron
 
 if TYPE_CHECKING:
     from workers.context import Job
@@ -39,11 +40,15 @@ class TaskSpec:
     ttl_s: float
     timeout_s: float | None
     max_attempts: int
+    concurrency: int | None = None
+    every_s: float | None = None
+    cron: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The defaults announced to the broker in ``Ready.options``."""
-        return {"ttl_s": self.ttl_s, "timeout_s": self.timeout_s,
-                "max_attempts": self.max_attempts}  # fmt: skip
+        scheduling = {"concurrency": self.concurrency, "every_s": self.every_s, "cron": self.cron}
+        return {"ttl_s": self.ttl_s, "timeout_s": self.timeout_s, "max_attempts": self.max_attempts,
+                **{name: value for name, value in scheduling.items() if value is not None}}  # fmt: skip
 
     def __call__(self, job: Job, **args: Any) -> Any:
         """Run the task function for one attempt."""
@@ -59,18 +64,25 @@ def task(
     ttl: float = DEFAULT_TTL_S,
     timeout: float | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    concurrency: int | None = None,
+    every: float | None = None,
+    cron: str | None = None,
 ) -> Callable[[F], F]:
-    """Register ``fn(job, **args)`` as the task ``name`` (ttl and timeout in seconds).
+    """Register ``fn(job, **args)`` as the task ``name`` (ttl, timeout and every in seconds).
+
+    ``concurrency=N`` runs at most N of its jobs at once across all workers; ``every`` or
+    ``cron`` (UTC) makes the broker submit a run with empty args on that schedule.
 
     Raises:
         ValueError: a bad name or option, or the name taken by another function.
     """
     spec_options = _checked_options(name, ttl, timeout, max_attempts)
+    schedule = _checked_schedule(name, concurrency, every, cron)
 
     def register(fn: F) -> F:
         if not callable(fn):
             raise TypeError(f"@task({name!r}) must decorate a function (got {fn!r})")
-        _register(TaskSpec(name, fn, *spec_options))
+        _register(TaskSpec(name, fn, *spec_options, *schedule))
         return fn
 
     return register
@@ -92,6 +104,28 @@ def _checked_options(
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"task {name!r}: max_attempts must be an int >= 1 (got {max_attempts!r})")
     return float(ttl), None if timeout is None else float(timeout), max_attempts
+
+
+def _checked_schedule(
+    name: str, concurrency: int | None, every: float | None, cron: str | None
+) -> tuple[int | None, float | None, str | None]:
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ValueError(f"task {name!r}: concurrency must be None or an int >= 1 (got {concurrency!r})")
+    if every is not None and cron is not None:
+        raise ValueError(f"task {name!r}: give every or cron, not both")
+    if every is not None and (
+        isinstance(every, bool)
+        or not isinstance(every, int | float)
+        or not MIN_EVERY_S <= every <= MAX_EVERY_S
+    ):
+        raise ValueError(
+            f"task {name!r}: every must be {MIN_EVERY_S}..{MAX_EVERY_S:g} seconds (got {every!r})"
+        )
+    if cron is not None and (not isinstance(cron, str) or not is_valid_cron(cron)):
+        raise ValueError(f"task {name!r}: cron must be a cron spec like '*/5 * * * *' (got {cron!r})")
+    return concurrency, None if every is None else float(every), cron
 
 
 def _register(spec: TaskSpec) -> None:
@@ -125,7 +159,7 @@ def names() -> list[str]:
 
 
 def options() -> dict[str, dict[str, Any]]:
-    """``{name: {"ttl_s", "timeout_s", "max_attempts"}}`` for the ``Ready`` message."""
+    """``{name: {"ttl_s", "timeout_s", "max_attempts", "concurrency", ...}}`` for ``Ready``."""
     return {name: _TASKS[name].options() for name in sorted(_TASKS)}
 
 

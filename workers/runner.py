@@ -6,7 +6,8 @@ over two pipes (not stdin/stdout, which task code may use), in ``workers.pipes``
 
     agent → runner   {"cmd": "assign", "id", "attempt", "task"} + args JSON
                      {"cmd": "cancel", "id", "attempt"}
-    runner → agent   {"outcome": "done", "id", "attempt", "last"} + result JSON
+    runner → agent   {"log": [lines], "id", "attempt"}      (any number, before the outcome)
+                     {"outcome": "done", "id", "attempt", "last"} + result JSON
                      {"outcome": "failed", "id", "attempt", "last", "error", "retry"}
                      {"outcome": "cancelled", "id", "attempt", "last"}
 
@@ -35,7 +36,7 @@ from broker.jobs import parse_args
 from broker.protocol import MAX_RESULT_BYTES
 from broker.security import client_keys, configure_client
 from workers import registry
-from workers.context import Job
+from workers.context import Job, LogSink
 from workers.pipes import read_message, write_message
 
 logger = logging.getLogger(__name__)
@@ -121,11 +122,21 @@ def serve(control_fd: int, result_fd: int, publisher: zmq.Socket[bytes] | None) 
         header, payload = message
         if header.get("cmd") != "assign":
             continue  # a cancel that arrived after its job ended
-        job = Job(str(header["id"]), int(header["attempt"]), task=str(header["task"]),
-                  publisher=publisher, control_fd=control_fd)  # fmt: skip
-        logger.info("job %s attempt %d running %s", job.id, job.attempt, job.task)
+        job_id, attempt = str(header["id"]), int(header["attempt"])
+        job = Job(job_id, attempt, task=str(header["task"]), publisher=publisher, control_fd=control_fd,
+                  log_sink=log_writer(result_fd, job_id, attempt))  # fmt: skip
+        logger.debug("job %s attempt %d running %s", job.id, job.attempt, job.task)
         outcome, result = execute(job, payload)
         write_message(result_fd, outcome, result)
+
+
+def log_writer(result_fd: int, job_id: str, attempt: int) -> LogSink:
+    """Where an attempt's log lines go: the result pipe, ahead of its outcome."""
+
+    def write(lines: list[str]) -> None:
+        write_message(result_fd, {"log": lines, "id": job_id, "attempt": attempt})
+
+    return write
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:

@@ -13,11 +13,19 @@
  * and "jobcast:final" events (detail = the message). window.jobcast.attach(el) adds a
  * bar created after the page loaded.
  *
+ * A job's log lines (job.log in the task) appear under its bar as text, never as HTML.
+ * A group (many jobs, one bar): <div data-jobcast-job="GROUP_ID" data-jobcast-kind="group"
+ * data-jobcast-children="LIST_ID"> keeps the rows [data-jobcast-child="JOB_ID"] inside the
+ * element LIST_ID up to date (state, a small bar, done / total).
+ *
  * Protocol: WS {base}api/jobs/{id}/events?after=SEQ sends a snapshot, then events
- * ({seq, state, done, total, message, eta_s, error}), and closes after a final state.
+ * ({seq, state, done, total, message, eta_s, error}, plus position and starts_in_s while
+ * queued: "3rd in line, starts in ~40 s"), and closes after a final state.
  * On a lost connection the bar says "reconnecting", waits (0.5 s, growing 1.5x to at most
  * 3 s, with jitter) and reconnects with after=<last seq>, so it misses no state and repeats
  * none. The cap is short on purpose: a restarted server is picked up within a few seconds.
+ * Log lines carry their index (log_count - log.length is the first one's): lines already
+ * shown are skipped, and a gap (a dropped event) is filled from a fresh snapshot.
  */
 (function () {
   "use strict";
@@ -31,6 +39,7 @@
   var RETRY_GROWTH = 1.5;
   var RETRY_MAX_MS = 3000;
   var NEXT_DELAY_MS = 300;
+  var MAX_LOG_LINES_SHOWN = 500;
   var script = document.currentScript;
   var scriptBase = script && script.src ? new URL("..", script.src).href : location.origin + "/";
 
@@ -49,6 +58,34 @@
     return "about " + (seconds / 3600).toFixed(1) + " h left";
   }
 
+  function ordinal(n) {
+    var tens = n % 100, suffix = "th";
+    if (tens < 11 || tens > 13) suffix = { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return n + suffix;
+  }
+
+  function formatStart(seconds) {
+    if (typeof seconds !== "number" || !isFinite(seconds) || seconds < 0) return "";
+    if (seconds < 1) return "starts any moment";
+    if (seconds < 60) return "starts in ~" + Math.round(seconds) + " s";
+    if (seconds < 3600) return "starts in ~" + Math.round(seconds / 60) + " min";
+    return "starts in ~" + (seconds / 3600).toFixed(1) + " h";
+  }
+
+  /* "3rd in line, starts in ~40 s" for a queued job; "" otherwise. */
+  function formatPlace(message) {
+    if (message.state !== "queued") return "";
+    var parts = [];
+    if (typeof message.position === "number" && message.position >= 1) {
+      parts.push(message.position === 1 ? "Next in line" : ordinal(message.position) + " in line");
+    } else if (typeof message.starts_in_s === "number") {
+      parts.push("Scheduled");
+    }
+    var start = formatStart(message.starts_in_s);
+    if (start) parts.push(start);
+    return parts.join(", ");
+  }
+
   function make(tag, className, parent) {
     var el = document.createElement(tag);
     if (className) el.className = className;
@@ -62,6 +99,11 @@
     this.next = safeNext(root.getAttribute("data-jobcast-next") || "");
     this.base = root.getAttribute("data-jobcast-base") || scriptBase;
     if (this.base.charAt(this.base.length - 1) !== "/") this.base += "/";
+    this.isGroup = root.getAttribute("data-jobcast-kind") === "group";
+    this.apiPath = (this.isGroup ? "api/groups/" : "api/jobs/") + encodeURIComponent(this.id);
+    this.childrenEl = document.getElementById(root.getAttribute("data-jobcast-children") || "");
+    this.logCount = 0;
+    this.logEl = null;
     this.seq = null;
     this.finished = false;
     this.retries = 0;
@@ -84,6 +126,7 @@
     this.bar.setAttribute("aria-valuemax", "100");
     this.bar.setAttribute("aria-valuenow", "0");
     this.fill = make("div", "jobcast-fill", this.bar);
+    this.placeEl = make("p", "jobcast-place", root);
     this.messageEl = make("p", "jobcast-message", root);
     this.messageEl.setAttribute("aria-live", "polite");
     this.connectionEl = make("p", "jobcast-connection", root);
@@ -105,7 +148,7 @@
   };
 
   Bar.prototype.connect = function () {
-    var url = new URL("api/jobs/" + encodeURIComponent(this.id) + "/events", this.base);
+    var url = new URL(this.apiPath + "/events", this.base);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     if (this.seq !== null) url.search = "?after=" + this.seq;
     var socket = new WebSocket(url.href);
@@ -143,7 +186,7 @@
 
   Bar.prototype.checkThenConnect = function () {
     var self = this;
-    fetch(this.url("api/jobs/" + encodeURIComponent(this.id)), {
+    fetch(this.url(this.apiPath), {
       headers: { Accept: "application/json" }, cache: "no-store"
     }).then(function (response) {
       if (response.status === 404) return self.fail("This job does not exist (or has expired).");
@@ -172,9 +215,82 @@
     this.stateEl.textContent = LABELS[message.state] || String(message.state);
     this.countEl.textContent = total > 0 ? done + " / " + total : "";
     this.etaEl.textContent = message.state === "running" ? formatEta(message.eta_s) : "";
+    this.placeEl.textContent = formatPlace(message);
     this.messageEl.textContent = typeof message.message === "string" ? message.message : "";
+    this.updateLog(message);
+    this.updateChildren(message);
     this.emit("jobcast:update", message);
     if (FINAL[message.state]) this.finish(message);
+  };
+
+  /* Append the lines not shown yet, by index; refetch on a gap (an event was dropped). */
+  Bar.prototype.updateLog = function (message) {
+    var lines = message.log;
+    if (!Array.isArray(lines) || typeof message.log_count !== "number") return;
+    var first = message.log_count - lines.length;
+    if (first > this.logCount) {
+      if (message.kind !== "snapshot") return this.refetch();
+      this.appendLine("… " + (first - this.logCount) + " earlier lines not kept", "jobcast-log-gap");
+      this.logCount = first;
+    }
+    for (var i = this.logCount - first; i < lines.length; i += 1) {
+      this.appendLine(String(lines[i]), "");
+    }
+    this.logCount = Math.max(this.logCount, message.log_count);
+  };
+
+  Bar.prototype.appendLine = function (text, className) {
+    if (!this.logEl) {
+      this.logEl = make("div", "jobcast-log", null);
+      this.logEl.setAttribute("role", "log");
+      this.logEl.setAttribute("aria-label", "Job log");
+      this.root.insertBefore(this.logEl, this.connectionEl);
+    }
+    make("div", "jobcast-log-line" + (className ? " " + className : ""), this.logEl).textContent = text;
+    while (this.logEl.childNodes.length > MAX_LOG_LINES_SHOWN) this.logEl.removeChild(this.logEl.firstChild);
+    this.logEl.scrollTop = this.logEl.scrollHeight;
+  };
+
+  /* A snapshot read over HTTP (every log line kept, every child row), merged like any message. */
+  Bar.prototype.refetch = function () {
+    var self = this;
+    if (this.refetching) return;
+    this.refetching = true;
+    fetch(this.url(this.apiPath), { headers: { Accept: "application/json" }, cache: "no-store" })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (job) {
+        self.refetching = false;
+        if (!job) return;
+        job.kind = "snapshot";
+        self.updateLog(job);
+        self.updateChildren(job);
+      })
+      .catch(function () { self.refetching = false; });
+  };
+
+  Bar.prototype.updateChildren = function (message) {
+    if (!this.childrenEl) return;
+    var rows = Array.isArray(message.children) ? message.children : [];
+    if (message.child && typeof message.child === "object") rows = rows.concat([message.child]);
+    for (var i = 0; i < rows.length; i += 1) this.updateChild(rows[i]);
+  };
+
+  Bar.prototype.updateChild = function (row) {
+    if (!row || typeof row.id !== "string") return;
+    var items = this.childrenEl.querySelectorAll("[data-jobcast-child]");
+    for (var i = 0; i < items.length; i += 1) {
+      if (items[i].getAttribute("data-jobcast-child") !== row.id) continue;
+      var done = Number(row.done) || 0;
+      var total = Number(row.total) || 0;
+      var percent = row.state === "done" ? 100 : (total > 0 ? Math.min(100, Math.round((100 * done) / total)) : 0);
+      items[i].setAttribute("data-jobcast-state", String(row.state));
+      var state = items[i].querySelector(".jobcast-child-state");
+      var fill = items[i].querySelector(".jobcast-child-fill");
+      var count = items[i].querySelector(".jobcast-child-count");
+      if (state) state.textContent = LABELS[row.state] || String(row.state);
+      if (fill) fill.style.width = percent + "%";
+      if (count) count.textContent = total > 0 ? done + " / " + total : "";
+    }
   };
 
   Bar.prototype.finish = function (message) {
@@ -184,6 +300,7 @@
     if (this.cancelButton) this.cancelButton.disabled = true;
     if (this.socket) this.socket.close(1000);
     this.emit("jobcast:final", message);
+    if (this.isGroup) this.refetch();  /* a child's last row may have been a dropped event */
     if (message.state === "done" && this.next) {
       var next = this.next;
       window.setTimeout(function () { window.location.assign(next); }, NEXT_DELAY_MS);
@@ -241,7 +358,7 @@
     for (var i = 0; i < elements.length; i += 1) attach(elements[i]);
   }
 
-  window.jobcast = { attach: attach, attachAll: attachAll, safeNext: safeNext };
+  window.jobcast = { attach: attach, attachAll: attachAll, safeNext: safeNext, formatPlace: formatPlace };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", attachAll);
   } else {
