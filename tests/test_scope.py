@@ -69,3 +69,16 @@ def test_api_submissions_are_scoped_and_scope_cannot_be_chosen(app_url: str) -> 
     # and the next good request still works
     again = httpx.post(f"{app_url}/api/jobs", json=body, headers=as_user("bob"), timeout=10)
     assert again.status_code in (200, 202)
+
+
+def test_group_children_are_scoped_too(app_url: str) -> None:
+    body = {"task": "echo", "args": [{"g": 1}, {"g": 2}]}
+    alice = httpx.post(f"{app_url}/api/groups", json=body, headers=as_user("alice"), timeout=10)
+    assert alice.status_code == 202, alice.text
+    alice_children = [child["id"] for child in alice.json()["children"]]
+    wait_for(lambda: all(finished(app_url, child) for child in alice_children), timeout_s=15)
+    again = httpx.post(f"{app_url}/api/groups", json=body, headers=as_user("alice"), timeout=10)
+    assert again.status_code == 200 and [c["id"] for c in again.json()["children"]] == alice_children
+    bob = httpx.post(f"{app_url}/api/groups", json=body, headers=as_user("bob"), timeout=10)
+    assert bob.status_code == 202  # not served from alice's cache
+    assert not set(c["id"] for c in bob.json()["children"]) & set(alice_children)
