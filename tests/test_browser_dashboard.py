@@ -113,5 +113,9 @@ def test_retry_a_failed_job_and_start_one_from_the_dashboard(
     dashboard.fill("#start-args", "[1, 2]")
     dashboard.click('#start-form button[type="submit"]')
     assert dashboard.locator("#start-result").inner_text() == "Arguments must be a JSON object."
+    subprocess.run(
+        jobcast("pause", "echo", "--broker", base_url), check=True, timeout=30, capture_output=True
+    )
+    dashboard.wait_for_selector('#queues tr[data-task="echo"] td:nth-child(4):text("paused")')  # pushed stats
     assert dashboard.evaluate("window.notReloaded") is True
     assert dashboard.dialogs == [] and real_errors(dashboard) == []

@@ -131,13 +131,15 @@
     setFigure("fig-failed", stats.failed);
     var body = $("queues").tBodies[0];
     body.textContent = "";
-    var queues = stats.queues || {};
+    var queues = stats.queues || {}, paused = stats.paused || [];
+    paused.forEach(function (task) { if (!queues[task]) queues[task] = {}; });
     Object.keys(queues).forEach(function (task) {
       var tr = make("tr", "", body);
       tr.setAttribute("data-task", task);
       make("td", "", tr, task);
       make("td", "dashboard-depth", tr, String(queues[task].queued || 0));
       make("td", "", tr, String(queues[task].running || 0));
+      make("td", "", tr, paused.indexOf(task) >= 0 ? "paused" : "");
     });
     var names = $("task-names");
     names.textContent = "";
