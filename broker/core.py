@@ -141,14 +141,13 @@ class BrokerProtocol:
             self._invalid(peer, exc, to_worker=True)
             return
         slot = self.workers.get(peer)
-        if slot is not None:
-            slot.liveness.on_message(now)
+        revived = slot is not None and self.workers.heard(slot, now)
         match msg:
             case p.Ready():
                 self._worker_ready(peer, self._granted(peer, msg, allowed_tasks), now)
             case p.Heartbeat() if slot is None:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
-            case p.Heartbeat():
+            case p.Heartbeat() if not revived:
                 return  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
             case p.Log():
                 self._worker_log(peer, msg, now)
@@ -336,10 +335,6 @@ class BrokerProtocol:
             self.queue.push(job.id, job.task, job.priority, job.run_at, self._wall(now))
         self.groups.restore(groups, self.jobs, now)
 
-    def restore_meta(self, meta: dict[str, Any]) -> None:
-        """Load the paused tasks and periodic last runs replayed from the journal."""
-        self.controls.restore(meta)
-
     def _run_periodic(self, now: float) -> None:
         """Submit one run (empty args, ttl 0) of each periodic task due, unless one is live."""
         for task, record in self.controls.periodic_due(self._wall(now)):
@@ -408,17 +403,10 @@ class BrokerProtocol:
         self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
 
     def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
-        if self.storage_error is not None:
-            self.out.to_client(peer, p.Error(req=msg.req, code="storage_full", message=self.storage_error))
-            return
-        try:
-            self.out.journal_meta(self.controls.pause(msg.task, isinstance(msg, p.Pause)))
-        except BadArguments as exc:
-            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
-            return
-        logger.info("task %s %s", msg.task, "paused" if isinstance(msg, p.Pause) else "resumed")
-        stats = {"task": msg.task, "queued": self.queue.ready_count(msg.task), **self.controls.stats()}
-        self.out.to_client(peer, p.Counters(req=msg.req, stats=stats))
+        reply, record = self.controls.pause(msg, self.storage_error)
+        if record is not None:
+            self.out.journal_meta(record)  # durable before the reply
+        self.out.to_client(peer, reply)
         self._dispatch(now)
 
     # --- workers -------------------------------------------------------------------------
@@ -544,7 +532,7 @@ class BrokerProtocol:
         self.out.publish(job, now)
 
     def _dispatch(self, now: float) -> None:
-        for slot in self.workers.idle_in_order():
+        for slot in self.workers.dispatchable(now):  # a suspect slot may sit on a lost host
             job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)

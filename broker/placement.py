@@ -33,6 +33,9 @@ class Placement:
     ) -> None:
         self.queue, self.workers, self.jobs = queue, workers, jobs
         self.limits, self.paused, self.run_times = limits, paused, run_times
+        self.changes = 0  # bumped when a job starts or stops: cached forecasts are then stale
+        self._cached: tuple[float, int] = (float("nan"), 0)
+        self._forecasts: dict[str, Forecast] = {}
 
     def update(self, job: Job, now_wall: float) -> bool:
         """Re-place a queued job; return whether its place moved enough to push an event."""
@@ -52,7 +55,16 @@ class Placement:
         return position, self.forecast(job.task, now_wall).starts_in_s(position)
 
     def forecast(self, task: str, now_wall: float) -> Forecast:
-        """What is known of ``task``'s slots and run times now."""
+        """What is known of ``task``'s slots and run times now (one computation per task
+        per broker turn while no job starts or stops: a burst of submits costs one)."""
+        if self._cached != (now_wall, self.changes):
+            self._cached, self._forecasts = (now_wall, self.changes), {}
+        cached = self._forecasts.get(task)
+        if cached is None:
+            cached = self._forecasts[task] = self._forecast(task, now_wall)
+        return cached
+
+    def _forecast(self, task: str, now_wall: float) -> Forecast:
         free = [self._slot_free_in_s(slot.job_id, slot.busy_from_before, now_wall)
                 for slot in self.workers if task in slot.tasks and not slot.leaving]  # fmt: skip
         running = [self._time_left_s(job_id, now_wall) for job_id in self.limits.running(task)]

@@ -64,7 +64,7 @@ class BrokerServer:
             max_live_jobs=_env_int("JOBCAST_MAX_LIVE_JOBS", DEFAULT_MAX_LIVE_JOBS),
         )  # fmt: skip
         self.core.restore(self.journal.replay(), time.monotonic())
-        self.core.restore_meta(self.journal.replay_meta())
+        self.core.controls.restore(self.journal.replay_meta())  # paused tasks, periodic runs
         self.core.storage_error = self.storage.check(time.monotonic())
         self.stopping = 0
         self.next_cull = time.monotonic() + CULL_INTERVAL_S

@@ -7,17 +7,22 @@ here: a worker declared its tasks, a job started, a job stopped running or ended
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from broker.concurrency import ConcurrencyLimits
+from broker.errors import BadArguments
 from broker.jobs import Job, State
 from broker.pausing import PAUSED_KEY, PausedTasks
 from broker.periodic import RUN_KEY_PREFIX, PeriodicSchedules, last_runs_from
 from broker.placement import PLACE_REFRESH_S, Placement
+from broker.protocol import Counters, Error, Message, Pause, Resume
 from broker.queue_position import RunTimes, clear_place
 from broker.scheduling import JobQueue
 from broker.workforce import Workforce
+
+logger = logging.getLogger(__name__)
 
 
 class TaskControls:
@@ -41,6 +46,7 @@ class TaskControls:
         """A worker declared its tasks' options: concurrency, every, cron."""
         self.limits.learn(tasks, options)
         self.periodic.learn(tasks, options, now_wall)
+        self.placement.changes += 1
 
     def startable(self, tasks: frozenset[str]) -> Iterable[str]:
         """Those of ``tasks`` that may start a job now (not paused, under their limit)."""
@@ -53,12 +59,14 @@ class TaskControls:
         self.queue.discard(job.id)
         self.limits.start(job.id, job.task)
         clear_place(job.extra)
+        self.placement.changes += 1
 
     def stopped(self, job: Job) -> None:
         """The job stopped running or ended (idempotent); a done run feeds the mean run time."""
         self.queue.discard(job.id)
         self.limits.stop(job.id)
         clear_place(job.extra)
+        self.placement.changes += 1
         if job.state is State.DONE and job.started_at is not None and job.finished_at is not None:
             self.run_times.record(job.task, job.finished_at - job.started_at)
 
@@ -84,13 +92,24 @@ class TaskControls:
         periodic = float("inf") if due is None else due - wall_offset_s
         return min(periodic, self.places_due if watched else float("inf"))
 
-    def pause(self, task: str, pausing: bool) -> dict[str, Any]:
-        """Pause or resume ``task``; the journal record to write (BadArguments if malformed)."""
-        if pausing:
-            self.paused.pause(task)
-        else:
-            self.paused.resume(task)
-        return {"op": "meta", "key": PAUSED_KEY, "value": self.paused.names()}
+    def pause(self, msg: Pause | Resume, storage_error: str | None) -> tuple[Message, dict[str, Any] | None]:
+        """Pause or resume a task: the reply, and the journal record to write first (if any)."""
+        if storage_error is not None:  # the change could not be made durable: refuse it
+            return Error(req=msg.req, code="storage_full", message=storage_error), None
+        try:
+            if isinstance(msg, Pause):
+                self.paused.pause(msg.task)
+            else:
+                self.paused.resume(msg.task)
+        except BadArguments as exc:
+            return Error(req=msg.req, code="bad_args", message=str(exc)), None
+        logger.info("task %s %s", msg.task, "paused" if isinstance(msg, Pause) else "resumed")
+        figures = {"task": msg.task, "queued": self.queue.ready_count(msg.task), **self.stats()}
+        return Counters(req=msg.req, stats=figures), {
+            "op": "meta",
+            "key": PAUSED_KEY,
+            "value": self.paused.names(),
+        }
 
     def stats(self) -> dict[str, Any]:
         """Paused tasks, limits and periodic next runs, for ``jobcast stats``."""

@@ -1,4 +1,12 @@
-"""The connected worker slots (pure): who is idle, least recently used first, and who is alive."""
+"""The connected worker slots (pure): who is idle, least recently used first, and who is alive.
+
+An idle slot is heard from about once per heartbeat interval. One silent for longer than
+``SUSPECT_AFTER_INTERVALS`` is *suspect*: it keeps its place in the idle line but is given
+no work until it is heard from again. When a host drops off the network, all its slots go
+silent together, yet each is declared dead on its own clock; without this, the job of the
+first slot declared dead would be handed to a sibling on the same dead host, and spend
+one more attempt there.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,12 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from broker.liveness import Liveness
 from broker.protocol import Ready
+
+SUSPECT_AFTER_INTERVALS: Final = 1.5
 
 
 @dataclass(slots=True)
@@ -74,6 +85,19 @@ class Workforce:
     def idle_in_order(self) -> list[WorkerSlot]:
         """Idle slots, the one idle longest first."""
         return [self._slots[peer] for peer in self._idle]
+
+    def dispatchable(self, now: float) -> list[WorkerSlot]:
+        """Idle slots that are not suspect, the one idle longest first."""
+        return [slot for slot in self.idle_in_order() if not self._suspect(slot, now)]
+
+    def heard(self, slot: WorkerSlot, now: float) -> bool:
+        """Record a message from ``slot``; True if it was an idle suspect (now worth a dispatch)."""
+        revived = slot.peer in self._idle and self._suspect(slot, now)
+        slot.liveness.on_message(now)
+        return revived
+
+    def _suspect(self, slot: WorkerSlot, now: float) -> bool:
+        return now - slot.liveness.last_heard > self.heartbeat_s * SUSPECT_AFTER_INTERVALS
 
     def expired(self, now: float) -> list[WorkerSlot]:
         """Slots silent for longer than their liveness allows."""

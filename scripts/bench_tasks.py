@@ -70,3 +70,19 @@ def bench_push(job: Job, rate: float = 100.0, count: int = 500, go_file: str = "
     finally:
         setattr(_context, "PROGRESS_INTERVAL_S", saved)  # noqa: B010
     return {"sent": count, "rate": count / elapsed if elapsed > 0 else 0.0, "late": late}
+
+
+@task("bench_sleep", ttl=0)
+def bench_sleep(job: Job, ms: float = 20.0, **args: Any) -> dict[str, Any]:
+    """Sleep-bound: ``ms`` milliseconds of waiting, as a job that waits on I/O does."""
+    time.sleep(ms / 1000)
+    return {"host": os.environ.get("JOBCAST_BENCH_HOST", "?")}
+
+
+@task("bench_hold", ttl=0, max_attempts=3)
+def bench_hold(job: Job, seconds: float = 4.0, **args: Any) -> dict[str, Any]:
+    """Say which host runs it (progress message ``on HOST``), then hold the slot ``seconds``."""
+    host = os.environ.get("JOBCAST_BENCH_HOST", "?")
+    job.progress(0, 1, f"on {host}")
+    time.sleep(seconds)
+    return {"host": host}

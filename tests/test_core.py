@@ -224,6 +224,7 @@ def test_longest_idle_worker_gets_the_job(broker: Harness) -> None:
     broker.ready(W2, 0.1)
     first = assert_sent(broker.submit(C1, 1.0, args={"i": 1}), W1, p.Assign)
     finish(broker, W1, first, 2.0)  # W1 is idle again, but W2 has waited longer
+    broker.worker(W2, p.Heartbeat(), 2.5)  # a heartbeat keeps W2 alive, not ahead or behind
     effects = broker.submit(C1, 3.0, args={"i": 2})
     assert_sent(effects, W2, p.Assign)
     assert sent(effects, W1, p.Assign) == []
@@ -427,7 +428,8 @@ def test_leaving_worker_that_dies_before_finishing_loses_nothing(broker: Harness
     job_id, _ = run_to_assign(broker)
     assert states(broker.worker(W1, p.Bye(), 1.0)) == []
     broker.ready(W2, 1.5)
-    requeued = broker.tick(4.2)  # W1 silent past its liveness (W2 heard at 1.5 is not)
+    broker.worker(W2, p.Heartbeat(), 3.5)
+    requeued = broker.tick(4.2)  # W1 silent past its liveness (W2 heard at 3.5 is not)
     assert states(requeued)[0] == "queued"
     assert_sent(requeued, W2, p.Assign, id=job_id, attempt=2)
 
@@ -817,5 +819,5 @@ def test_a_worker_key_registers_only_its_granted_tasks(broker: Harness) -> None:
     effects = broker.submit(C1, 1.0, task="report")
     assert_sent(effects, C1, p.Error, code="unknown_task")  # no slot may run it
     assert not sent(effects, W1, p.Assign)
-    effects = broker.submit(C1, 2.0, task="echo")
+    effects = broker.submit(C1, 1.2, task="echo")
     assert_sent(effects, W1, p.Assign)  # the granted task still flows

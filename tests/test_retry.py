@@ -26,6 +26,7 @@ def retry(core: Harness, job_id: str, now: float) -> p.Message:
 
 def test_retry_resubmits_the_same_work_under_a_new_id(core: Harness) -> None:
     failed_id = fail_job(core, 0.0, args={"region": "eu"}, scope="tenant-1", priority="high")
+    core.worker(W1, p.Heartbeat(), 4.9)  # W1 heard lately: fit for work
     reply = retry(core, failed_id, 5.0)
     assert isinstance(reply, p.Snapshot)
     new = core.core.jobs[reply.job["id"]]

@@ -185,7 +185,7 @@ def test_a_bad_pause_is_refused_and_changes_nothing(broker: Harness) -> None:
 
 def test_paused_set_is_restored_from_the_journal() -> None:
     harness = Harness()
-    harness.core.restore_meta({PAUSED_KEY: ["echo"]})
+    harness.core.controls.restore({PAUSED_KEY: ["echo"]})
     harness.ready(W1, 0.0)
     assert sent(harness.submit(C1, 0.0), W1, p.Assign) == []
     assert_sent(harness.client(C2, p.Resume(req=1, task="echo"), 1.0), W1, p.Assign)
@@ -205,6 +205,8 @@ def test_every_submits_one_run_per_period_whatever_the_worker_count(broker: Harn
     assert broker.core.next_deadline() <= 2.0
     broker.tick(1.9)
     assert periodic_runs(broker) == 0
+    for peer in (W1, W2, W3):
+        broker.worker(peer, p.Heartbeat(), 1.9)  # heard lately: fit for work
     effects = broker.tick(2.0)
     (assign,) = [a for w in (W1, W2, W3) for a in sent(effects, w, p.Assign)]
     assert (assign.task, assign.args) == ("tick", b"{}")
@@ -217,12 +219,14 @@ def test_every_submits_one_run_per_period_whatever_the_worker_count(broker: Harn
 
 def test_a_periodic_run_still_live_is_not_duplicated(broker: Harness) -> None:
     broker.ready(W1, 0.0, tasks=("tick",), options={"tick": {"every_s": 2}})
+    broker.worker(W1, p.Heartbeat(), 1.9)
     first = assert_sent(broker.tick(2.0), W1, p.Assign)
     broker.worker(W1, p.Heartbeat(), 3.9)
     broker.tick(4.0)  # still running: coalesced by its cache key
     assert periodic_runs(broker) == 1
     finish(broker, W1, first, 4.5)
     assert periodic_runs(broker) == 1
+    broker.worker(W1, p.Heartbeat(), 5.9)
     assert_sent(broker.tick(6.0), W1, p.Assign, task="tick")
     assert periodic_runs(broker) == 2
 
@@ -274,3 +278,12 @@ def test_malformed_schedules_from_a_worker_are_ignored(options: Any) -> None:
     schedules = PeriodicSchedules()
     schedules.learn(["tick"], {"tick": options}, now_wall=0.0)
     assert schedules.next_due() is None
+
+
+def test_pause_is_refused_while_the_data_dir_is_full(broker: Harness) -> None:
+    broker.core.storage_error = "the data dir is full"
+    effects = broker.client(C2, p.Pause(req=1, task="echo"), 0.0)
+    assert_sent(effects, C2, p.Error, code="storage_full")
+    assert [e for e in effects if isinstance(e, Journal)] == []
+    broker.core.storage_error = None
+    assert_sent(broker.client(C2, p.Pause(req=2, task="echo"), 0.0), C2, p.Counters)

@@ -303,9 +303,13 @@ def test_not_found_flood_is_throttled_then_a_real_id_works(
     assert httpx.get(f"{url}/jobs/{random_id()}").status_code == 404
     assert httpx.get(f"{url}/bars", params={"id": random_id()}).status_code == 404
     assert ws_status(limited_stack, random_id()) == 404
-    flood = [httpx.get(f"{url}/api/jobs/{random_id()}") for _ in range(50)]
-    assert all(a.status_code == 429 for a in flood), [a.status_code for a in flood]
-    retry = max(assert_429(a) for a in flood)
+    began = time.monotonic()
+    with httpx.Client() as client:
+        flood = [client.get(f"{url}/api/jobs/{random_id()}") for _ in range(50)]
+    refills = int((time.monotonic() - began) * 0.5)  # a loaded machine may refill a token or two
+    statuses = [a.status_code for a in flood]
+    assert set(statuses) <= {404, 429} and statuses.count(404) <= refills, statuses
+    retry = max(assert_429(a) for a in flood if a.status_code == 429)
     # while the bucket is empty, id routes answer 429 before looking the id up
     assert_429(httpx.get(f"{url}/api/jobs/{real}"))
     assert_429(httpx.delete(f"{url}/api/jobs/{real}"))  # and nothing is cancelled

@@ -27,11 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import endpoints
 from broker.client import AsyncClient
-from broker.results import ResultReader
 from web import api, dashboard, events, groups, metrics, pages
 from web.callbacks import CallbackPolicy, CallbackSender
 from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
+from web.fast_path import LocalResults
 from web.relay import Relay
 from web.settings import Settings
 from web.throttle import Limits, NotFoundThrottle
@@ -87,7 +87,7 @@ def jobcast_lifespan(
         events_url = endpoints(settings.broker_url).events_out
         relay = Relay(context, events_url, settings.queue_size, curve=settings.curve)
         client = AsyncClient(settings.broker_url, context=context, curve=settings.curve)
-        results = ResultReader(settings.data_dir)  # read-only: the cache-hit fast path
+        results = LocalResults(settings.data_dir)  # read-only: the cache-hit fast path, if here
         callbacks = CallbackSender(client, CallbackPolicy.from_env())
         try:
             async with asyncio.TaskGroup() as group:
