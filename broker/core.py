@@ -28,6 +28,7 @@ from broker.progress import EtaEstimator
 from broker.retry import resubmission, retry_spec
 from broker.scheduling import JobQueue, retry_delay_s
 from broker.submission import Submission, prepare_submission
+from broker.tally import live_counts
 from broker.task_controls import TaskControls
 from broker.workforce import WorkerSlot, Workforce, restrict_ready
 
@@ -214,21 +215,20 @@ class BrokerProtocol:
         self._run_periodic(now)
         for job in self.controls.moved_places(self.subscriptions.exact, now, self._wall(now)):
             self.out.publish(job, now)
+        self.out.flush_all_jobs(now)
 
     def next_deadline(self) -> float:
         """The monotonic time at which ``tick`` next has work, at most a second away."""
         due = self.queue.next_due()
         delayed = float("inf") if due is None else due - self.wall_offset_s
         controls = self.controls.next_deadline(bool(self.subscriptions.exact), self.wall_offset_s)
-        return min(self.workers.next_deadline(), delayed, controls)
+        return min(self.workers.next_deadline(), delayed, controls, self.out.all_jobs.next_deadline())
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, workers and counters."""
-        states = [self.jobs[job_id].state for job_id in self.by_key.values()]  # live jobs only
         return {
             "epoch": self.epoch,
-            "queued": states.count(State.QUEUED),
-            "running": states.count(State.RUNNING),
+            **live_counts(self.jobs[job_id] for job_id in self.by_key.values()),  # live jobs only
             "workers": len(self.workers),
             "idle_workers": self.workers.idle_count(),
             "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),

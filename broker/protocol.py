@@ -3,7 +3,7 @@
 Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped first)::
 
     direct     = "JC01" COMMAND header [payload]
-    published  = topic "JC01" COMMAND header         ; topic = the job id
+    published  = topic "JC01" COMMAND header         ; topic = the job id, or "*" (below)
     COMMAND    = short ASCII word, see ``Command``
     header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
     payload    = opaque bytes: task args or a result (canonical JSON), at most its bound;
@@ -20,7 +20,11 @@ Who sends what::
     worker → broker    READY HEARTBEAT LOG DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
-    broker XPUB        EVENT    (topic = job id)
+    broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
+
+The all-jobs topic ``ALL_JOBS_TOPIC`` (``*``, which can never start a job id: ids are
+URL-safe base64) carries a copy of every job's events, published only while someone
+subscribed to exactly that topic; its progress copies are thinned (``broker.alljobs``).
 
 ``decode`` checks the frame count and sizes *before* parsing anything and raises
 ``ProtocolError`` with the rule that was broken. Nothing is ever pickled.
@@ -44,6 +48,7 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_ARGS_BYTES: Final = 1024 * 1024
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 MAX_TOPIC_BYTES: Final = 64
+ALL_JOBS_TOPIC: Final = b"*"  # never a job id's first character (see the module docstring)
 
 
 class Command(bytes, Enum):
@@ -317,6 +322,7 @@ class Event:
     seq: int
     epoch: int
     state: str
+    task: str = ""
     done: int = 0
     total: int = 0
     message: str = ""
@@ -421,7 +427,8 @@ def decode(frames: list[bytes]) -> Message:
     msg = _build(cls, values)
     if (topic is not None) != (cls in PUBLISHED):
         raise ProtocolError(f"{cls.__name__} must {'' if topic is None else 'not '}be published")
-    if topic is not None and topic != msg.id.encode():  # type: ignore[union-attr]
+    copy = topic == ALL_JOBS_TOPIC and cls is Event  # the dashboards' copy of any job's event
+    if topic is not None and topic != msg.id.encode() and not copy:  # type: ignore[union-attr]
         raise ProtocolError("topic does not match the event's job id")
     return msg
 

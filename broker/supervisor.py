@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 def _start_all(args: argparse.Namespace, parts: list[Part]) -> str:
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBCAST_BROKER": args.broker}
+    if args.dashboard_token:  # to the web part by environment: not on its command line
+        env["JOBCAST_DASHBOARD_TOKEN"] = args.dashboard_token
     broker = Part(
         "broker", [python, "-m", "broker.cli", "broker", "--broker", args.broker, "--data", args.data], env
     )
@@ -153,4 +155,10 @@ def _parser() -> argparse.ArgumentParser:
         help="data dir (default $JOBCAST_DATA or ./.jobcast)",
     )
     parser.add_argument("--broker", default=broker_url(), help="broker base URL")
+    parser.add_argument(
+        "--dashboard-token",
+        default=None,
+        metavar="TOKEN",
+        help="turn on /dashboard behind this token (default $JOBCAST_DASHBOARD_TOKEN)",
+    )
     return parser

@@ -45,6 +45,8 @@ PURE = [
     "pausing",
     "placement",
     "task_controls",
+    "alljobs",
+    "tally",
 ]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]
 ALLOWED_BROKER_IMPORTS = {f"broker.{name}" for name in [*PURE, "errors"]}
