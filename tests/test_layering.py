@@ -20,6 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PURE = [
     "protocol",
+    "messages",
+    "state",
+    "client_requests",
+    "worker_messages",
     "jobs",
     "scheduling",
     "progress",
