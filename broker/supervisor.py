@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = _start_all(args, parts)
         print(f"jobcast up ready {url} (broker {args.broker}, {args.workers} workers)", flush=True)
+        if args.dashboard_token:
+            print(f"dashboard: {url}/dashboard (sign in with the token)", flush=True)
         while not stop.wait(0.5):
             dead = [part.name for part in parts if part.proc.poll() is not None]
             if dead:
