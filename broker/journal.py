@@ -65,21 +65,22 @@ class JobJournal:
             raise UnsafeStoredData(f"journal {self.path} is corrupted ({exc})") from None
 
     def apply(self, records: Iterable[dict[str, Any]]) -> None:
-        """Write one turn's records in one transaction: ``put`` upserts, ``end`` deletes, ``meta`` sets."""
+        """Write one turn's records in one transaction: ``put`` upserts, ``end`` deletes, ``meta`` sets.
+
+        Only each job's (and meta key's) last record in the turn is written: the
+        transaction is atomic, so the ones before it could never be seen.
+        """
+        jobs, meta = _latest(records)
+        puts = [(job_id, _dump(job)) for job_id, job in jobs.items() if job is not None]
+        ends = [(job_id,) for job_id, job in jobs.items() if job is None]
         self.db.execute("BEGIN")
         try:
-            for record in records:
-                if record["op"] == "meta":
-                    value = json.dumps(record["value"], separators=(",", ":"))
-                    self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (record["key"], value))
-                elif record["op"] == "put":
-                    job = record["job"]
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-                        (job["id"], json.dumps(job, separators=(",", ":"))),
-                    )
-                else:
-                    self.db.execute("DELETE FROM jobs WHERE id = ?", (record["id"],))
+            if meta:
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            if puts:
+                self.db.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?)", puts)
+            if ends:
+                self.db.executemany("DELETE FROM jobs WHERE id = ?", ends)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -100,3 +101,22 @@ class JobJournal:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
+
+
+def _latest(records: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, Any] | None], dict[str, str]]:
+    """Each job's last record (None: it ended) and each meta key's last value, as JSON."""
+    jobs: dict[str, dict[str, Any] | None] = {}
+    meta: dict[str, str] = {}
+    for record in records:
+        op = record["op"]
+        if op == "put":
+            jobs[record["job"]["id"]] = record["job"]
+        elif op == "meta":
+            meta[record["key"]] = _dump(record["value"])
+        else:
+            jobs[record["id"]] = None
+    return jobs, meta
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,15 +1,19 @@
 """Finished jobs and cached reports in diskcache: str keys, bytes values, never pickle.
 
-Keys: ``job:{id}`` → the job's JSON view, ``result:{id}`` → its result bytes,
+Keys: ``job:{id}`` → the job's JSON view and its result bytes in one row (``pack_finished``;
+rows written before that kept the result apart under ``result:{id}``, still read),
 ``key:{cache_key}`` → the id whose fresh result answers that cache key, ``spec:{id}`` →
 what a retry of a failed or cancelled job needs (``broker.retry``). Only the broker
-writes (``ResultStore``); the web server reads the SQLite file read-only
+writes (``ResultStore``), so it knows which cache keys exist (``broker.fresh_keys``) and
+skips the disk for the others; the web server reads the SQLite file read-only
 (``ResultReader``) for the cache-hit fast path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -22,9 +26,17 @@ from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW  # type: ignore[im
 
 from broker.effects import StoreResult
 from broker.errors import UnsafeStoredData
+from broker.fresh_keys import DEFAULT_LIMIT as DEFAULT_KEY_LIMIT
+from broker.fresh_keys import FreshKeys
+
+logger = logging.getLogger(__name__)
 
 RESULT_CACHE_BYTES: Final = 2 * 1024**3
 RESULTS_SUBDIR: Final = "results"
+CACHE_FILE: Final = "cache.db"
+VIEW_END: Final = b"\n"  # compact JSON never holds a raw newline: the view ends at the first one
+HAS_RESULT: Final = b"R"
+NO_RESULT: Final = b"-"
 
 
 class SafeDisk(diskcache.Disk):  # type: ignore[misc]
@@ -73,7 +85,9 @@ def prepare_data_dir(path: str) -> str:
 class ResultStore:
     """The broker's read-write access to finished jobs."""
 
-    def __init__(self, data_dir: str, size_limit: int = RESULT_CACHE_BYTES) -> None:
+    def __init__(
+        self, data_dir: str, size_limit: int = RESULT_CACHE_BYTES, key_limit: int = DEFAULT_KEY_LIMIT
+    ) -> None:
         directory = os.path.join(prepare_data_dir(data_dir), RESULTS_SUBDIR)
         self.cache = diskcache.Cache(
             directory, disk=SafeDisk, size_limit=size_limit,
@@ -81,32 +95,57 @@ class ResultStore:
             cull_limit=0,  # no culling inside each write: ``cull()`` runs on a timer instead
         )  # fmt: skip
         os.chmod(directory, 0o700)
+        self.fresh = FreshKeys(key_limit)
+        self._load_keys()
+
+    def _load_keys(self) -> None:
+        """Read every cache key's expiry, so that unknown keys need no lookup (bounded)."""
+        path = os.path.join(self.cache.directory, CACHE_FILE)
+        query = "SELECT key, expire_time FROM Cache WHERE raw = 1 AND key >= 'key:' AND key < 'key;' LIMIT ?"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                rows = db.execute(query, (self.fresh.limit + 1,)).fetchall()
+        except sqlite3.Error as exc:
+            logger.warning("could not read the cache keys (%s); every submit looks on disk", exc)
+            return
+        self.fresh.load(((str(key)[4:], expire_at) for key, expire_at in rows), time.time())
 
     def store_many(self, records: Iterable[StoreResult]) -> None:
-        """Write finished jobs in one transaction."""
+        """Write finished jobs in one transaction: one row each, and its cache key if any."""
         with self.cache.transact():
             for rec in records:
-                self.cache.set(f"job:{rec.job_id}", _dump(rec.view), expire=rec.retention_s)
-                if rec.result is not None:
-                    self.cache.set(f"result:{rec.job_id}", rec.result, expire=rec.retention_s)
+                self.cache.set(
+                    f"job:{rec.job_id}", pack_finished(rec.view, rec.result), expire=rec.retention_s
+                )
                 if rec.cache_key is not None:
                     self.cache.set(f"key:{rec.cache_key}", rec.job_id.encode(), expire=rec.ttl_s)
+                    self.fresh.add(
+                        rec.cache_key, time.time() + rec.ttl_s, time.time()
+                    )  # not before the row's
                 if rec.spec is not None:
                     self.cache.set(f"spec:{rec.job_id}", _dump(rec.spec), expire=rec.retention_s)
 
     def cull(self) -> int:
         """Drop expired entries, then evict down to the size limit; return how many went."""
-        return int(self.cache.cull())
+        culled = int(self.cache.cull())
+        if not self.fresh.complete:
+            self._load_keys()  # fewer keys now, perhaps: try to know them all again
+        return culled
 
     def job(self, job_id: str) -> tuple[dict[str, Any], bytes | None] | None:
         """A finished job's view and result bytes, or None."""
-        view = self.cache.get(f"job:{job_id}")
-        if view is None:
+        value = self.cache.get(f"job:{job_id}")
+        if value is None:
             return None
-        return json.loads(view), self.cache.get(f"result:{job_id}")
+        view, result = unpack_finished(value)
+        if isinstance(result, Legacy):
+            return view, self.cache.get(f"result:{job_id}")
+        return view, result
 
     def job_for_key(self, cache_key: str) -> str | None:
         """The job id cached under ``cache_key`` while fresh."""
+        if not self.fresh.may_exist(cache_key, time.time()):
+            return None
         value = self.cache.get(f"key:{cache_key}")
         return value.decode() if value is not None else None
 
@@ -132,7 +171,7 @@ class ResultReader:
 
     def _connection(self) -> sqlite3.Connection | None:
         if self._db is None:
-            path = os.path.join(self.directory, "cache.db")
+            path = os.path.join(self.directory, CACHE_FILE)
             if not os.path.exists(path):
                 return None
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -161,10 +200,13 @@ class ResultReader:
 
     def job(self, job_id: str) -> tuple[dict[str, Any], bytes | None] | None:
         """A finished job's view and result bytes, or None."""
-        view = self._get(f"job:{job_id}")
-        if view is None:
+        value = self._get(f"job:{job_id}")
+        if value is None:
             return None
-        return json.loads(view), self._get(f"result:{job_id}")
+        view, result = unpack_finished(value)
+        if isinstance(result, Legacy):
+            return view, self._get(f"result:{job_id}")
+        return view, result
 
     def job_for_key(self, cache_key: str) -> str | None:
         """The job id cached under ``cache_key`` while fresh."""
@@ -185,6 +227,35 @@ def inside(directory: str, filename: str) -> str:
     if os.path.commonpath([base, path]) != base:
         raise UnsafeStoredData(f"refusing a cache file outside {base} (tampered row?)")
     return path
+
+
+class Legacy:
+    """The result of a row written before views and results shared one: under ``result:{id}``."""
+
+
+LEGACY: Final = Legacy()
+
+
+def pack_finished(view: dict[str, Any], result: bytes | None) -> bytes:
+    """One row for a finished job: its compact JSON view, a newline, then ``R`` + result or ``-``."""
+    return _dump(view) + VIEW_END + (NO_RESULT if result is None else HAS_RESULT + result)
+
+
+def unpack_finished(value: bytes) -> tuple[dict[str, Any], bytes | None | Legacy]:
+    """A ``job:`` row's view and result (``LEGACY``: an older row, its result kept apart).
+
+    Raises:
+        UnsafeStoredData: the part after the view is neither ``R…`` nor ``-``.
+    """
+    head, found, tail = value.partition(VIEW_END)
+    view = json.loads(head)
+    if not found:
+        return view, LEGACY
+    if tail == NO_RESULT:
+        return view, None
+    if tail[:1] != HAS_RESULT:
+        raise UnsafeStoredData("refusing a job row with an unknown result part (tampered row?)")
+    return view, tail[1:]
 
 
 def _dump(value: dict[str, Any]) -> bytes:

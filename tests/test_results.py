@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,14 @@ from helpers import wait_for
 
 from broker.effects import StoreResult
 from broker.errors import UnsafeStoredData
-from broker.results import RESULTS_SUBDIR, ResultReader, ResultStore, prepare_data_dir
+from broker.results import (
+    RESULTS_SUBDIR,
+    ResultReader,
+    ResultStore,
+    pack_finished,
+    prepare_data_dir,
+    unpack_finished,
+)
 
 JOB_ID = "AbCdEfGhIjKlMnOpQrStUv"
 KEY = "f" * 64
@@ -66,6 +74,15 @@ def db_path(data_dir: str) -> str:
     return os.path.join(data_dir, RESULTS_SUBDIR, "cache.db")
 
 
+def store_legacy(store: ResultStore, rec: StoreResult) -> None:
+    """Write a finished job as brokers before the one-row format did: view and result apart."""
+    store.cache.set(f"job:{rec.job_id}", json.dumps(rec.view).encode(), expire=rec.retention_s)
+    if rec.result is not None:
+        store.cache.set(f"result:{rec.job_id}", rec.result, expire=rec.retention_s)
+    if rec.cache_key is not None:
+        store.cache.set(f"key:{rec.cache_key}", rec.job_id.encode(), expire=rec.ttl_s)
+
+
 # --- writing and reading -------------------------------------------------------------------
 
 
@@ -77,6 +94,41 @@ def test_store_then_read_back(store: ResultStore, reader: ResultReader) -> None:
         assert source.job("B" * 22) == (record("B" * 22).view, None)
         assert source.job("nope") is None
         assert source.job_for_key("0" * 64) is None
+
+
+def test_one_row_per_finished_job(store: ResultStore, data_dir: str) -> None:
+    store.store_many([record(), record("B" * 22, None, cache_key=None)])
+    with sqlite3.connect(db_path(data_dir)) as db:
+        keys = sorted(row[0] for row in db.execute("SELECT key FROM Cache"))
+    db.close()
+    assert keys == sorted([f"job:{JOB_ID}", f"job:{'B' * 22}", f"key:{KEY}"])
+
+
+@pytest.mark.parametrize(
+    "result", [b'{"total":42}', None, b"", b"\n-R\n"], ids=["json", "none", "empty", "seps"]
+)
+def test_pack_finished_round_trips(result: bytes | None) -> None:
+    view = {"id": JOB_ID, "message": "line one\nline two", "state": "done"}
+    assert unpack_finished(pack_finished(view, result)) == (view, result)
+
+
+def test_a_job_row_with_an_unknown_result_part_is_refused() -> None:
+    with pytest.raises(UnsafeStoredData, match="unknown result part"):
+        unpack_finished(b'{"id":"x"}\nX{}')
+
+
+def test_rows_written_before_the_one_row_format_are_read(
+    store: ResultStore, reader: ResultReader, data_dir: str
+) -> None:
+    store_legacy(store, record())
+    store_legacy(store, record("B" * 22, None, cache_key=None))
+    store.close()
+    reopened = ResultStore(data_dir)  # loads the key row written the old way too
+    for source in (reopened, reader):
+        assert source.job(JOB_ID) == (record().view, b'{"total":42}')
+        assert source.job("B" * 22) == (record("B" * 22).view, None)
+        assert source.job_for_key(KEY) == JOB_ID
+    reopened.close()
 
 
 def test_large_result_stored_in_a_file(store: ResultStore, reader: ResultReader) -> None:
@@ -140,6 +192,36 @@ def test_reader_in_another_process_after_the_writer_closed(data_dir: str) -> Non
     assert seen["key"] == JOB_ID and seen["result"] == '{"total":42}'
 
 
+# --- which cache keys exist (broker.fresh_keys) ------------------------------------------------
+
+
+def test_cache_keys_are_known_again_after_a_restart(store: ResultStore, data_dir: str) -> None:
+    store.store_many([record(), record("B" * 22, cache_key="b" * 64, ttl_s=0.01)])
+    store.close()
+    reopened = ResultStore(data_dir)
+    assert reopened.fresh.complete
+    assert reopened.job_for_key(KEY) == JOB_ID
+    wait_for(lambda: reopened.job_for_key("b" * 64) is None, timeout_s=5)
+    assert not reopened.fresh.may_exist("0" * 64, time.time())  # never written: no disk lookup
+    assert reopened.job_for_key("0" * 64) is None
+    reopened.close()
+
+
+def test_past_the_key_limit_every_key_is_looked_up_on_disk(data_dir: str) -> None:
+    store = ResultStore(data_dir, key_limit=2)
+    store.store_many([record(f"{i}" * 22, cache_key=f"{i}" * 64) for i in range(4)])
+    assert not store.fresh.complete
+    assert [store.job_for_key(f"{i}" * 64) for i in range(4)] == [f"{i}" * 22 for i in range(4)]
+    store.close()
+    reopened = ResultStore(data_dir, key_limit=2)  # more rows on disk than the limit: unknown
+    assert not reopened.fresh.complete
+    assert reopened.job_for_key("3" * 64) == "3" * 22
+    reopened.close()
+    roomy = ResultStore(data_dir, key_limit=10)
+    assert roomy.fresh.complete and roomy.job_for_key("3" * 64) == "3" * 22
+    roomy.close()
+
+
 # --- expiry ----------------------------------------------------------------------------------
 
 
@@ -198,7 +280,10 @@ class Evil:
 def test_tampered_pickle_row_is_refused(
     store: ResultStore, reader: ResultReader, data_dir: str, tampered: str
 ) -> None:
-    store.store_many([record()])
+    if tampered == "result":  # only rows of the older format keep a result row
+        store_legacy(store, record())
+    else:
+        store.store_many([record()])
     marker = os.path.join(os.path.dirname(data_dir), "pwned")
     key = f"key:{KEY}" if tampered == "key" else f"{tampered}:{JOB_ID}"
     with sqlite3.connect(db_path(data_dir)) as db:
@@ -262,7 +347,7 @@ def test_a_file_name_escaping_the_cache_dir_is_refused(
     with sqlite3.connect(db_path(data_dir)) as db:
         db.execute(
             "UPDATE Cache SET filename = ? WHERE key = ?",
-            ("../../../../../../etc/hostname", f"result:{JOB_ID}"),
+            ("../../../../../../etc/hostname", f"job:{JOB_ID}"),
         )
     for source in (store, reader):
         with pytest.raises(UnsafeStoredData, match="outside"):

@@ -1,0 +1,157 @@
+"""CPU per job of each jobcast process: the figure that wall-clock throughput hides on a busy box.
+
+Starts a broker and a 2-slot worker pool from ``--repo`` (default: this checkout), runs
+``--jobs`` no-op jobs one by one and then through ``client.map``, and prints, per phase,
+the CPU microseconds per job that the broker, the worker pool (pool, agents and runners)
+and the client took, read from /proc/PID/stat, next to the wall-clock jobs/s::
+
+    .venv/bin/python scripts/bench_cpu.py --jobs 2000 --trials 3
+    .venv/bin/python scripts/bench_cpu.py --repo /tmp/base --jobs 2000   # another tree, same venv
+    .venv/bin/python scripts/bench_cpu.py --profile /tmp/prof            # py-spy raw profiles
+
+The ``--repo`` tree's ``broker``/``workers`` packages are imported by the children and by
+this process (for the client), so two checkouts can be compared run by run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repo", default=str(HERE.parent), help="the jobcast tree to run")
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--trials", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--phases", default="one_by_one,map", help="comma list: one_by_one, map, latency")
+    parser.add_argument("--profile", default=None, help="directory for py-spy raw profiles")
+    parser.add_argument("--json", default=None, help="append one JSON line per trial to FILE")
+    return parser.parse_args()
+
+
+ARGS = _args()
+REPO = os.path.abspath(ARGS.repo)
+sys.path[:0] = [REPO, str(HERE)]  # the client comes from the tree under test
+
+import bench_lib  # noqa: E402
+
+from broker.client import Client  # noqa: E402
+
+bench_lib.REPO = Path(REPO)  # children run from the tree under test (bench_env, cwd)
+
+
+def own_ticks(pid: int) -> int:
+    """utime+stime of one process in ticks (0 if gone)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return sum(int(x) for x in data[data.rindex(")") + 2 :].split()[11:13])
+
+
+def tree_ticks(pid: int) -> int:
+    """utime+stime of pid and its live descendants."""
+    return sum(own_ticks(p) for p in bench_lib.descendants(pid))
+
+
+def run_phase(name: str, client: Client, n: int, salt: str) -> None:
+    """One phase's workload."""
+    if name == "one_by_one":
+        ids = [client.submit("bench_noop", {"i": i, "s": salt}).id for i in range(n)]
+        for job_id in ids:
+            client.result(job_id, timeout=300)
+    elif name == "map":
+        client.map("bench_noop", [{"i": i, "s": salt} for i in range(n)], timeout=600)
+    elif name == "latency":
+        for i in range(n):
+            client.submit("bench_noop", {"i": i, "s": salt}).result(timeout=30)
+    else:
+        raise SystemExit(f"unknown phase {name}")
+
+
+def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) -> dict[str, float]:
+    """CPU µs per job of each process group over one phase, and jobs/s."""
+    before = {role: tree_ticks(pid) for role, pid in pids.items()}
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    run_phase(name, client, n, salt)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    out = {
+        f"{role}_us": (tree_ticks(pid) - before[role]) / bench_lib.HZ / n * 1e6 for role, pid in pids.items()
+    }
+    out["client_us"] = cpu / n * 1e6
+    out["jobs_per_s"] = n / wall
+    return out
+
+
+def spy(pid: int, path: str) -> subprocess.Popen[bytes]:
+    """py-spy recording one process until it is interrupted."""
+    exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    argv = [exe, "record", "-p", str(pid), "-f", "raw", "-o", path, "-r", "200", "--nonblocking"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def trial(phases: list[str]) -> dict[str, Any]:
+    """One stack, every phase once."""
+    import bench_core
+
+    out: dict[str, Any] = {}
+    with bench_core.stack(ARGS.slots) as s, Client(s["url"], timeout_s=60) as client:
+        pids = {"broker": s["broker"].pid, "workers": s["worker"].pid}
+        salt = f"{time.time()}"
+        client.map("bench_noop", [{"w": i, "s": salt} for i in range(200)], timeout=60)  # warm
+        spies = start_spies(pids) if ARGS.profile else []
+        try:
+            for name in phases:
+                out[name] = measure(name, client, pids, ARGS.jobs, f"{salt}{name}")
+        finally:
+            for proc in spies:
+                proc.send_signal(2)
+                proc.wait(30)
+    return out
+
+
+def start_spies(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the broker, one agent and its runner."""
+    os.makedirs(ARGS.profile, exist_ok=True)
+    agent = min(bench_lib.children(pids["workers"]))
+    runner = min(bench_lib.children(agent))
+    targets = {"broker": pids["broker"], "agent": agent, "runner": runner}
+    spies = [spy(pid, os.path.join(ARGS.profile, f"{role}.txt")) for role, pid in targets.items()]
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
+def main() -> None:
+    """Run the trials; print each and the medians."""
+    phases = ARGS.phases.split(",")
+    trials = []
+    for i in range(ARGS.trials):
+        result = trial(phases)
+        trials.append(result)
+        print(f"trial {i + 1}: {json.dumps(result, default=lambda v: round(v, 1))}", flush=True)
+        if ARGS.json:
+            with open(ARGS.json, "a") as fh:
+                fh.write(json.dumps({"repo": REPO, "jobs": ARGS.jobs, **result}) + "\n")
+    for name in phases:
+        keys = trials[0][name].keys()
+        medians = {k: statistics.median(t[name][k] for t in trials) for k in keys}
+        print(f"{name:>10}: " + "  ".join(f"{k} {v:,.0f}" for k, v in medians.items()))
+
+
+if __name__ == "__main__":
+    main()
