@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
@@ -27,12 +28,14 @@ from broker.results import ResultReader
 from web.api import job_id_param
 from web.auth import auth_in_force, request_scope
 from web.errors import NO_SUCH_JOB, ApiError
+from web.hot_reports import HotReports
 from web.render import Markup, RenderedResults, escape, render
 from web.settings import Settings
 from web.throttle import check_submit
 
 logger = logging.getLogger(__name__)
 RENDERED: Final = RenderedResults()  # per web process: a finished job's report never changes
+HOT: Final = HotReports()  # per web process: a popular report's page, for about a second
 
 INT_PATTERN: Final = re.compile(r"0|-?[1-9][0-9]{0,14}")
 DECIMAL_PATTERN: Final = re.compile(r"-?(0|[1-9][0-9]{0,14})\.[0-9]{1,15}")
@@ -142,10 +145,9 @@ async def report(request: Request) -> Response:
     if "scope" in args and auth_in_force(request):
         raise ApiError(400, "scope is set by the server (the signed-in user), never by the request")
     scope = request_scope(request)  # "" without host authentication
-    stored = cached_report(request.state.results, task, canonical_args(args), scope)
-    if stored is not None:  # the fast path: no broker round trip, no re-rendering
-        body = RENDERED.render(stored[0]["id"], lambda: json.loads(stored[1]))
-        return _html(render("report.html", base=_base(request), task=task, meta="Cached result.", body=body))
+    page = _cached_page(request, task, canonical_args(args), scope)
+    if page is not None:  # the fast path: no broker round trip, no re-rendering
+        return _html(page)
     check_submit(request)  # a GET that creates a job is rate-limited like a POST (S10)
     try:
         job = await request.state.client.submit(task, args, scope=scope)
@@ -159,6 +161,21 @@ async def report(request: Request) -> Response:
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     target = f"{_base(request)}/jobs/{quote(view['id'])}?next={quote(here, safe='')}"
     return RedirectResponse(target, status_code=303)
+
+
+def _cached_page(request: Request, task: str, args_json: bytes, scope: str) -> str | None:
+    """The page of a fresh cached report: hot in memory, else read from the result cache."""
+    key, now_wall = (_base(request), task, args_json, scope), time.time()
+    page = HOT.get(key, now_wall)
+    if page is not None:
+        return page
+    stored = cached_report(request.state.results, task, args_json, scope)
+    if stored is None:
+        return None
+    body = RENDERED.render(stored[0]["id"], lambda: json.loads(stored[1]))
+    page = render("report.html", base=_base(request), task=task, meta="Cached result.", body=body)
+    HOT.put(key, page, stored[0], now_wall)
+    return page
 
 
 def cached_report(
