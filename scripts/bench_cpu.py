@@ -36,6 +36,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--task", default="bench_noop", help="bench_noop, or bench_bare (no progress call)")
     parser.add_argument("--phases", default="one_by_one,map", help="comma list: one_by_one, map, latency")
     parser.add_argument("--profile", default=None, help="directory for py-spy raw profiles")
     parser.add_argument("--json", default=None, help="append one JSON line per trial to FILE")
@@ -67,17 +68,24 @@ def tree_ticks(pid: int) -> int:
     return sum(own_ticks(p) for p in bench_lib.descendants(pid))
 
 
+def role_pids(pool: int) -> dict[str, list[int]]:
+    """The worker pool's processes by role: the pool itself, its agents, their runners."""
+    agents = bench_lib.children(pool)
+    runners = [pid for agent in agents for pid in bench_lib.children(agent)]
+    return {"pool": [pool], "agents": agents, "runners": runners}
+
+
 def run_phase(name: str, client: Client, n: int, salt: str) -> None:
     """One phase's workload."""
     if name == "one_by_one":
-        ids = [client.submit("bench_noop", {"i": i, "s": salt}).id for i in range(n)]
+        ids = [client.submit(ARGS.task, {"i": i, "s": salt}).id for i in range(n)]
         for job_id in ids:
             client.result(job_id, timeout=300)
     elif name == "map":
-        client.map("bench_noop", [{"i": i, "s": salt} for i in range(n)], timeout=600)
+        client.map(ARGS.task, [{"i": i, "s": salt} for i in range(n)], timeout=600)
     elif name == "latency":
         for i in range(n):
-            client.submit("bench_noop", {"i": i, "s": salt}).result(timeout=30)
+            client.submit(ARGS.task, {"i": i, "s": salt}).result(timeout=30)
     else:
         raise SystemExit(f"unknown phase {name}")
 
@@ -85,6 +93,8 @@ def run_phase(name: str, client: Client, n: int, salt: str) -> None:
 def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) -> dict[str, float]:
     """CPU µs per job of each process group over one phase, and jobs/s."""
     before = {role: tree_ticks(pid) for role, pid in pids.items()}
+    split = role_pids(pids["workers"])
+    split_before = {role: sum(own_ticks(p) for p in group) for role, group in split.items()}
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     run_phase(name, client, n, salt)
@@ -93,6 +103,8 @@ def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) 
     out = {
         f"{role}_us": (tree_ticks(pid) - before[role]) / bench_lib.HZ / n * 1e6 for role, pid in pids.items()
     }
+    for role, group in split.items():
+        out[f"{role}_us"] = (sum(own_ticks(p) for p in group) - split_before[role]) / bench_lib.HZ / n * 1e6
     out["client_us"] = cpu / n * 1e6
     out["jobs_per_s"] = n / wall
     return out
