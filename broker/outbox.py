@@ -8,6 +8,7 @@ from typing import Any
 
 from broker import joblog
 from broker import protocol as p
+from broker.alljobs import AllJobsFeed
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.jobs import Job, job_record
 from broker.progress import Subscriptions
@@ -24,6 +25,7 @@ class Outbox:
         self.epoch = epoch
         self.wall_offset_s = wall_offset_s
         self.subscriptions = Subscriptions()
+        self.all_jobs: AllJobsFeed[Job] = AllJobsFeed(self.subscriptions)
         self.effects: list[Effect] = []
         self.listeners: list[Callable[[Job, float], None]] = []  # told of every job event (groups)
 
@@ -49,7 +51,7 @@ class Outbox:
     def event(self, job: Job, now: float, extra: dict[str, Any] | None = None) -> p.Event:
         """The job's latest event as watchers see it."""
         return p.Event(
-            id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state), done=job.done,
+            id=job.id, seq=job.seq, epoch=self.epoch, state=str(job.state), task=job.task, done=job.done,
             total=job.total, message=job.message, eta_s=job.eta_s,
             ts=round(now + self.wall_offset_s, 3), attempts=job.attempts, error=job.error,
             extra=_event_extra(job.extra, extra),
@@ -68,8 +70,20 @@ class Outbox:
         if self.subscriptions.wanted(job.id.encode()):  # nobody watching: nothing to encode
             extra = extra if stamp else joblog.full_log(job.extra)
             self.effects.append(Publish(p.encode(self.event(job, now, extra))))
+        if self.all_jobs.on_event(job, now):  # a dashboard is open (progress thinned)
+            self._copy_to_all_jobs(job, now)
         for listener in self.listeners:
             listener(job, now)
+
+    def flush_all_jobs(self, now: float) -> None:
+        """Copy held-back progress to the all-jobs topic once its interval is over."""
+        for job in self.all_jobs.due(now):
+            self._copy_to_all_jobs(job, now)
+
+    def _copy_to_all_jobs(self, job: Job, now: float) -> None:
+        """The job's event under the all-jobs topic (its figures and place, never log lines)."""
+        frames = p.encode(self.event(job, now))
+        self.effects.append(Publish([p.ALL_JOBS_TOPIC, *frames[1:]]))
 
     def journal(self, job: Job) -> None:
         """Record the live job's latest state in the journal."""

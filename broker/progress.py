@@ -67,8 +67,8 @@ class Subscriptions:
     """Which topics the events socket's subscribers want (ZeroMQ SUBSCRIBE is a prefix).
 
     The broker skips encoding and publishing events nobody subscribed to. Job ids all have
-    the same length, so a job-id topic matches exactly; shorter prefixes (the empty
-    all-jobs topic) are few and scanned.
+    the same length, so a job-id topic matches exactly; shorter prefixes (the empty prefix,
+    the all-jobs topic) are few and scanned.
     """
 
     def __init__(self, id_length: int = 22) -> None:
@@ -84,6 +84,10 @@ class Subscriptions:
             table[topic] = count
         else:
             table.pop(topic, None)
+
+    def subscribed(self, topic: bytes) -> bool:
+        """Whether some subscriber asked for exactly ``topic`` (not just a prefix of it)."""
+        return topic in (self.exact if len(topic) == self.id_length else self.prefixes)
 
     def wanted(self, topic: bytes) -> bool:
         """Whether any subscriber would receive a message with this topic."""

@@ -3,7 +3,7 @@
 Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped first)::
 
     direct     = "JC01" COMMAND header [payload]
-    published  = topic "JC01" COMMAND header         ; topic = the job id
+    published  = topic "JC01" COMMAND header         ; topic = the job id, or "*" (below)
     COMMAND    = short ASCII word, see ``Command``
     header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
     payload    = opaque bytes: task args or a result (canonical JSON), at most its bound;
@@ -20,7 +20,11 @@ Who sends what::
     worker → broker    READY HEARTBEAT LOG DONE FAILED BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
-    broker XPUB        EVENT    (topic = job id)
+    broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
+
+The all-jobs topic ``ALL_JOBS_TOPIC`` (``*``, which can never start a job id: ids are
+URL-safe base64) carries a copy of every job's events, published only while someone
+subscribed to exactly that topic; its progress copies are thinned (``broker.alljobs``).
 
 ``decode`` checks the frame count and sizes *before* parsing anything and raises
 ``ProtocolError`` with the rule that was broken. Nothing is ever pickled.
@@ -32,11 +36,76 @@ import json
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
 from broker.errors import ProtocolError
+from broker.messages import (
+    Assign,
+    Bye,
+    Cancel,
+    Counters,
+    Done,
+    Error,
+    Event,
+    Failed,
+    Heartbeat,
+    JobList,
+    ListJobs,
+    Log,
+    Message,
+    Pause,
+    Progress,
+    Ready,
+    Resume,
+    Retry,
+    Snapshot,
+    Stats,
+    Status,
+    Stop,
+    Submit,
+    SubmitGroup,
+    Wait,
+)
+
+__all__ = [
+    "ALL_JOBS_TOPIC",
+    "MAX_ARGS_BYTES",
+    "MAX_FRAMES",
+    "MAX_HEADER_BYTES",
+    "MAX_RESULT_BYTES",
+    "MAX_TOPIC_BYTES",
+    "TAG",
+    "Command",
+    "decode",
+    "encode",
+    "Assign",
+    "Bye",
+    "Cancel",
+    "Counters",
+    "Done",
+    "Error",
+    "Event",
+    "Failed",
+    "Heartbeat",
+    "JobList",
+    "ListJobs",
+    "Log",
+    "Message",
+    "Pause",
+    "Progress",
+    "Ready",
+    "Resume",
+    "Retry",
+    "Snapshot",
+    "Stats",
+    "Status",
+    "Stop",
+    "Submit",
+    "SubmitGroup",
+    "Wait",
+]
 
 TAG: Final = b"JC01"
 MAX_FRAMES: Final = 5
@@ -44,6 +113,7 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_ARGS_BYTES: Final = 1024 * 1024
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 MAX_TOPIC_BYTES: Final = 64
+ALL_JOBS_TOPIC: Final = b"*"  # never a job id's first character (see the module docstring)
 
 
 class Command(bytes, Enum):
@@ -74,285 +144,6 @@ class Command(bytes, Enum):
     JOBS = b"JOBS"
     RETRY = b"RETRY"
 
-
-# --- client ↔ broker ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Submit:
-    """Queue a job (or join the running one with the same cache key)."""
-
-    req: int
-    task: str
-    args: bytes
-    ttl_s: float | None = None
-    force: bool = False
-    priority: str = "normal"
-    delay_s: float = 0.0
-    run_at: float | None = None
-    scope: str = ""
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubmitGroup:
-    """Submit one job per args object as one group (``args``: a JSON array of objects)."""
-
-    req: int
-    task: str
-    args: bytes
-    ttl_s: float | None = None
-    force: bool = False
-    priority: str = "normal"
-    delay_s: float = 0.0
-    run_at: float | None = None
-    scope: str = ""
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Status:
-    """Ask for a job's snapshot."""
-
-    req: int
-    id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Cancel:
-    """Cancel a job: drop it if queued, stop it if running."""
-
-    req: int
-    id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Wait:
-    """Reply with the job's snapshot once it reaches a final state."""
-
-    req: int
-    id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stats:
-    """Ask for queue, worker and counter figures (and per-task metrics if ``metrics``)."""
-
-    req: int
-    metrics: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ListJobs:
-    """List jobs newest first, optionally of one state and one task (``limit`` ≤ 1000)."""
-
-    req: int
-    state: str | None = None
-    task: str | None = None
-    limit: int = 50
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobList:
-    """The reply to ``ListJobs``: ``views`` is a JSON array of job views (payload)."""
-
-    req: int
-    views: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Retry:
-    """Re-submit a failed or cancelled job (same task, args, scope, priority; a new id)."""
-
-    req: int
-    id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Pause:
-    """Stop dispatching a task's jobs (they stay queued; submits are still accepted)."""
-
-    req: int
-    task: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Resume:
-    """Dispatch a paused task's jobs again."""
-
-    req: int
-    task: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Snapshot:
-    """A job's current state; ``result`` is its JSON result bytes once done."""
-
-    req: int
-    job: dict[str, Any]
-    result: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Counters:
-    """The broker's figures, in reply to ``Stats`` (``metrics``: JSON payload, if asked) and
-    to ``Pause``/``Resume``."""
-
-    req: int
-    stats: dict[str, Any]
-    metrics: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Error:
-    """A refused request: ``code`` for machines, ``message`` for people."""
-
-    req: int = 0
-    code: str
-    message: str
-
-
-# --- worker ↔ broker ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ready:
-    """A worker slot announces itself and the tasks it can run.
-
-    ``options`` maps a task name to its defaults: ``ttl_s``, ``timeout_s``, ``max_attempts``.
-    ``busy`` says the slot still runs an attempt from before it reconnected: it is not idle
-    until it reports that attempt's outcome.
-    """
-
-    tasks: list[str]
-    options: dict[str, Any] | None = None
-    busy: bool = False
-    pid: int = 0
-    host: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat:
-    """Proof of life, sent when nothing else was sent for an interval."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Log:
-    """Lines a running attempt logged with ``job.log(text)``, in order (sent before Done)."""
-
-    id: str
-    attempt: int
-    lines: list[str]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Assign:
-    """The broker hands a job attempt to an idle worker."""
-
-    id: str
-    task: str
-    attempt: int
-    args: bytes
-    timeout_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Done:
-    """An attempt finished; ``result`` is its JSON result bytes.
-
-    ``last`` is the attempt's last progress (``done``, ``total``, ``message``): the PUB
-    copy of it may arrive after this message, and then the broker drops it.
-    """
-
-    id: str
-    attempt: int
-    result: bytes
-    last: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failed:
-    """An attempt failed; ``error`` has ``type``, ``message`` and ``traceback``."""
-
-    id: str
-    attempt: int
-    error: dict[str, Any]
-    retry: bool = True
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stop:
-    """The broker asks a worker to stop an attempt (cancel)."""
-
-    id: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bye:
-    """The peer is going away (warm shutdown)."""
-
-
-# --- published events ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Progress:
-    """A worker's progress report for one attempt, published with topic = job id."""
-
-    id: str
-    attempt: int
-    done: int
-    total: int
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """A job event stamped by the broker, published with topic = job id."""
-
-    id: str
-    seq: int
-    epoch: int
-    state: str
-    done: int = 0
-    total: int = 0
-    message: str = ""
-    eta_s: float | None = None
-    ts: float = 0.0
-    attempts: int = 0
-    error: dict[str, Any] | None = None
-    extra: dict[str, Any] | None = None
-
-
-Message: TypeAlias = (
-    Submit
-    | SubmitGroup
-    | Status
-    | Cancel
-    | Wait
-    | Stats
-    | Pause
-    | Resume
-    | Snapshot
-    | Counters
-    | Error
-    | Ready
-    | Heartbeat
-    | Log
-    | Assign
-    | Done
-    | Failed
-    | Stop
-    | Bye
-    | Progress
-    | Event
-    | ListJobs
-    | JobList
-    | Retry
-)
 
 COMMAND_OF: Final[dict[type[Any], Command]] = {
     Submit: Command.SUBMIT, Status: Command.STATUS, Cancel: Command.CANCEL,
@@ -421,7 +212,8 @@ def decode(frames: list[bytes]) -> Message:
     msg = _build(cls, values)
     if (topic is not None) != (cls in PUBLISHED):
         raise ProtocolError(f"{cls.__name__} must {'' if topic is None else 'not '}be published")
-    if topic is not None and topic != msg.id.encode():  # type: ignore[union-attr]
+    copy = topic == ALL_JOBS_TOPIC and cls is Event  # the dashboards' copy of any job's event
+    if topic is not None and topic != msg.id.encode() and not copy:  # type: ignore[union-attr]
         raise ProtocolError("topic does not match the event's job id")
     return msg
 

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = _start_all(args, parts)
         print(f"jobcast up ready {url} (broker {args.broker}, {args.workers} workers)", flush=True)
+        if args.dashboard_token:
+            print(f"dashboard: {url}/dashboard (sign in with the token)", flush=True)
         while not stop.wait(0.5):
             dead = [part.name for part in parts if part.proc.poll() is not None]
             if dead:
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def _start_all(args: argparse.Namespace, parts: list[Part]) -> str:
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBCAST_BROKER": args.broker}
+    if args.dashboard_token:  # to the web part by environment: not on its command line
+        env["JOBCAST_DASHBOARD_TOKEN"] = args.dashboard_token
     broker = Part(
         "broker", [python, "-m", "broker.cli", "broker", "--broker", args.broker, "--data", args.data], env
     )
@@ -153,4 +157,10 @@ def _parser() -> argparse.ArgumentParser:
         help="data dir (default $JOBCAST_DATA or ./.jobcast)",
     )
     parser.add_argument("--broker", default=broker_url(), help="broker base URL")
+    parser.add_argument(
+        "--dashboard-token",
+        default=None,
+        metavar="TOKEN",
+        help="turn on /dashboard behind this token (default $JOBCAST_DASHBOARD_TOKEN)",
+    )
     return parser

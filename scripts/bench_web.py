@@ -39,7 +39,7 @@ PUSH_METHOD = (
 def _watchers(procs: Procs, http: str, job_ids: list[str], n: int, timeout: float) -> Any:
     """Start the load client and wait until its n watchers have their snapshots."""
     base = http.replace("http://", "ws://")
-    client = procs.start([PY, str(HERE / "bench_ws.py"), "--base", base, "--jobs", *job_ids,
+    client = procs.start([PY, str(HERE / "bench_ws.py"), "--base", base, f"--jobs={','.join(job_ids)}",
                           "--n", str(n), "--timeout", str(timeout)])
     connected = json.loads(read_line(client, 180))
     if connected["failed"]:

@@ -1,6 +1,6 @@
 """WebSocket watcher load client for scripts/bench (one asyncio process, uvloop).
 
-    python scripts/bench_ws.py --base ws://127.0.0.1:PORT --jobs ID [ID...] --n 100
+    python scripts/bench_ws.py --base ws://127.0.0.1:PORT --jobs ID[,ID...] --n 100
 
 Opens N watchers on ``/api/jobs/{id}/events`` (watcher i watches job i mod len(jobs)),
 prints ``{"connected": n, "failed": k, "connect_s": s}`` once every one has its snapshot,
@@ -121,14 +121,15 @@ def report(watchers: list[Watcher], timed_out: bool, cpu_s: float) -> dict[str, 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--base", required=True, help="ws://HOST:PORT")
-    ap.add_argument("--jobs", nargs="+", required=True)
+    ap.add_argument("--jobs", nargs="+", required=True, help="job ids: --jobs=ID,ID (ids may start with -)")
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=120.0)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    watchers = [Watcher(f"{args.base}/api/jobs/{args.jobs[i % len(args.jobs)]}/events")
+    jobs = [job_id for arg in args.jobs for job_id in arg.split(",")]
+    watchers = [Watcher(f"{args.base}/api/jobs/{jobs[i % len(jobs)]}/events")
                 for i in range(args.n)]
     t0 = time.monotonic()
     failed = await connect_all(watchers, args.concurrency)

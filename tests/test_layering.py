@@ -20,6 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PURE = [
     "protocol",
+    "messages",
+    "state",
+    "client_requests",
+    "worker_messages",
     "jobs",
     "scheduling",
     "progress",
@@ -45,6 +49,8 @@ PURE = [
     "pausing",
     "placement",
     "task_controls",
+    "alljobs",
+    "tally",
 ]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]
 ALLOWED_BROKER_IMPORTS = {f"broker.{name}" for name in [*PURE, "errors"]}

@@ -140,3 +140,18 @@ def _stack(
     part_env["JOBCAST_FEEDS_ALLOW"] = f"{web.url}/demo/feeds/"
     workers = start_workers(2, "--tasks", "workers.demo", "--tasks", "workers.feeds")
     return WebStack(broker, workers, web)
+
+
+DASHBOARD_TOKEN = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture
+def dashboard_stack(
+    start_broker: Callable[..., ReadyProcess],
+    start_workers: Callable[..., ReadyProcess],
+    start_web: Callable[..., WebServer],
+) -> WebStack:
+    """Broker, 2 test workers and a web server whose dashboard token is ``DASHBOARD_TOKEN``."""
+    broker = start_broker()
+    web = start_web(env={"JOBCAST_DASHBOARD_TOKEN": DASHBOARD_TOKEN})
+    return WebStack(broker, start_workers(2), web)

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from broker.errors import BadArguments, UnknownJob
 from broker.jobs import PRIORITIES, canonical_args, check_task_name, is_job_id, parse_args
+from web.auth import request_scope
 from web.callbacks import CallbackSender, check_callback_url
 from web.errors import ApiError
 from web.settings import Settings
@@ -51,6 +52,8 @@ def parse_submit(body: Any) -> SubmitRequest:
     """
     if not isinstance(body, dict):
         raise BadArguments(f"body must be a JSON object (got {type(body).__name__})")
+    if "scope" in body:
+        raise BadArguments("scope is set by the server (the signed-in user), never by the request")
     unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise BadArguments(f"unknown field {sorted(unknown)[0]!r}")
@@ -136,6 +139,7 @@ async def submit_job(request: Request) -> JSONResponse:
         force=body.force,
         priority=body.priority,
         delay=body.delay,
+        scope=request_scope(request),  # the signed-in user's, when the host app authenticates
     )
     if target is not None:
         callbacks.schedule(job.id, target)

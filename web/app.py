@@ -27,8 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import endpoints
 from broker.client import AsyncClient
-from web import api, events, groups, metrics, pages
+from web import api, dashboard, events, groups, metrics, pages
 from web.callbacks import CallbackPolicy, CallbackSender
+from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
 from web.fast_path import LocalResults
 from web.relay import Relay
@@ -91,13 +92,15 @@ def jobcast_lifespan(
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
+                hub = DashboardHub(relay, client)  # shared by this process's dashboard sockets
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,
-                           "limits": limits, "callbacks": callbacks,
+                           "limits": limits, "callbacks": callbacks, "dashboard": hub,
                            "metrics": metrics.MetricsExporter()}  # fmt: skip
                 finally:
                     reader.cancel()
+                    await hub.close()
         finally:
             await callbacks.aclose()
             await client.aclose()
@@ -125,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *groups.routes,
         *pages.routes,
         *metrics.routes,
+        *dashboard.routes,
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
         Mount("/demo/feeds", StaticFiles(directory=PACKAGE_DIR / "demo_feeds"), name="feeds"),
     ]

@@ -23,6 +23,7 @@ from broker.errors import BadArguments, UnknownJob, UnknownTask
 from broker.groups import MAX_GROUP_SIZE
 from broker.jobs import FINAL_STATES, canonical_args
 from web.api import SubmitRequest, check_origin, job_id_param, parse_submit, read_json
+from web.auth import request_scope
 from web.errors import ApiError
 from web.events import job_events
 from web.render import Markup, escape, render, render_value
@@ -65,7 +66,7 @@ async def submit_group(request: Request) -> JSONResponse:
     options, args = parse_group(await read_json(request))
     group = await request.state.client.group(
         options.task, args, ttl=options.ttl, force=options.force, priority=options.priority,
-        delay=options.delay,
+        delay=options.delay, scope=request_scope(request),  # the signed-in user's (web.auth)
     )  # fmt: skip
     return JSONResponse(group.view, status_code=200 if group.view["state"] in FINAL_STATES else 202)
 

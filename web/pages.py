@@ -25,6 +25,7 @@ from broker.errors import UnknownTask, UnsafeStoredData
 from broker.jobs import cache_key, canonical_args, check_task_name, is_job_id
 from broker.results import ResultReader
 from web.api import job_id_param
+from web.auth import auth_in_force, request_scope
 from web.errors import NO_SUCH_JOB, ApiError
 from web.render import Markup, RenderedResults, escape, render
 from web.settings import Settings
@@ -138,13 +139,16 @@ async def report(request: Request) -> Response:
     task = str(request.path_params["task"])
     args = query_args(request)
     check_task_name(task)
-    stored = cached_report(request.state.results, task, canonical_args(args))
+    if "scope" in args and auth_in_force(request):
+        raise ApiError(400, "scope is set by the server (the signed-in user), never by the request")
+    scope = request_scope(request)  # "" without host authentication
+    stored = cached_report(request.state.results, task, canonical_args(args), scope)
     if stored is not None:  # the fast path: no broker round trip, no re-rendering
         body = RENDERED.render(stored[0]["id"], lambda: json.loads(stored[1]))
         return _html(render("report.html", base=_base(request), task=task, meta="Cached result.", body=body))
     check_submit(request)  # a GET that creates a job is rate-limited like a POST (S10)
     try:
-        job = await request.state.client.submit(task, args)
+        job = await request.state.client.submit(task, args, scope=scope)
     except UnknownTask as exc:
         raise ApiError(404, str(exc)) from None
     view = dict(job.view)
@@ -157,10 +161,12 @@ async def report(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
-def cached_report(results: ResultReader, task: str, args_json: bytes) -> tuple[dict[str, Any], bytes] | None:
+def cached_report(
+    results: ResultReader, task: str, args_json: bytes, scope: str = ""
+) -> tuple[dict[str, Any], bytes] | None:
     """A fresh cached job view and result bytes, read straight from the broker's result cache."""
     try:
-        job_id = results.job_for_key(cache_key(task, args_json))
+        job_id = results.job_for_key(cache_key(task, args_json, scope))
         stored = results.job(job_id) if job_id else None
     except (UnsafeStoredData, sqlite3.Error) as exc:
         logger.warning("result cache unreadable, asking the broker: %s", exc)

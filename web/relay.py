@@ -9,7 +9,8 @@ the reader or the other browsers.
 Every event carries absolute figures (done, total, state), so a full queue drops its oldest
 *intermediate* event; a final-state event is never dropped.
 
-The SUB socket subscribes to a job's topic on its first watcher and unsubscribes on its last.
+The SUB socket subscribes to a job's topic on its first watcher and unsubscribes on its last;
+the same goes for the all-jobs topic (``ALL_JOBS_TOPIC``) and dashboards (``watch_all``).
 ZeroMQ subscriptions are prefix matches, so the reader compares the topic frame for exact
 equality before it hands an event to anyone.
 
@@ -21,20 +22,21 @@ of duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from broker.errors import ProtocolError
 from broker.jobs import FINAL_STATES, is_job_id
-from broker.protocol import Event, decode
+from broker.protocol import ALL_JOBS_TOPIC, Event, decode
 from broker.security import ClientKeys, configure_client
 
 logger = logging.getLogger(__name__)
@@ -202,6 +204,16 @@ class Cursor:
 # --- I/O: one watcher's queue, and the SUB reader ----------------------------------------
 
 
+class Watcher(Protocol):
+    """What the relay hands events to: a queue that never blocks the reader."""
+
+    def push(self, event: Event, message: Message | None = None) -> None:
+        """Queue one event (``message`` is its browser JSON, shared by all watchers)."""
+
+
+W = TypeVar("W", bound=Watcher)
+
+
 class Watch:
     """One WebSocket's view of one job: a keep-latest queue the relay fills without waiting."""
 
@@ -239,7 +251,7 @@ class Relay:
     def __init__(self, context: zmq.asyncio.Context, events_url: str, capacity: int = 16,
                  curve: ClientKeys | None = None) -> None:  # fmt: skip
         self.capacity = capacity
-        self.watches: dict[bytes, set[Watch]] = {}
+        self.watches: dict[bytes, set[Watcher]] = {}
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
@@ -279,8 +291,15 @@ class Relay:
         """
         if not is_job_id(job_id):
             raise ValueError(f"not a job id: {job_id[:64]!r}")
-        topic = job_id.encode()
-        watch = Watch(job_id, self.capacity)
+        async with self._subscribed(job_id.encode(), Watch(job_id, self.capacity)) as watch:
+            yield watch
+
+    def watch_all(self, watcher: W) -> contextlib.AbstractAsyncContextManager[W]:
+        """Hand every job's events (the all-jobs topic) to ``watcher`` for the block."""
+        return self._subscribed(ALL_JOBS_TOPIC, watcher)
+
+    @asynccontextmanager
+    async def _subscribed(self, topic: bytes, watch: W) -> AsyncIterator[W]:
         if topic not in self.watches:
             self.watches[topic] = set()
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
@@ -290,7 +309,7 @@ class Relay:
         finally:
             self._release(topic, watch)
 
-    def _release(self, topic: bytes, watch: Watch) -> None:
+    def _release(self, topic: bytes, watch: Watcher) -> None:
         watchers = self.watches.get(topic)
         if watchers is None:
             return

@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="a Host header to accept (repeatable; default: derived from --host)",
     )
+    p.add_argument("--dashboard-token", default=None, metavar="TOKEN",
+                   help="turn on /dashboard behind this token (default: $JOBCAST_DASHBOARD_TOKEN, "
+                        "which keeps it out of the process list)")  # fmt: skip
     p.add_argument("--curve-secret", default=None, metavar="FILE",
                    help="own CURVE key pair (.key_secret) for an off-loopback broker")  # fmt: skip
     p.add_argument("--curve-server", default=None, metavar="FILE",
@@ -74,6 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allowed_origins=tuple(o.rstrip("/") for o in args.allowed_origin),
         allowed_hosts=tuple(args.allowed_host),
         curve=client_keys(args.curve_secret, args.curve_server),
+        dashboard_token=args.dashboard_token or os.environ.get("JOBCAST_DASHBOARD_TOKEN") or None,
     )
 
 

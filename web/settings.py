@@ -16,6 +16,7 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 WS_MAX_MESSAGE_BYTES: Final = 4096  # the browser never needs to send us anything
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1")
 MAX_RATE: Final = 1_000_000.0
+MIN_DASHBOARD_TOKEN_CHARS: Final = 16
 
 
 def _env_float(name: str, default: float) -> float:
@@ -39,6 +40,26 @@ def _env_rate(name: str, default: float) -> float:
     return number
 
 
+def check_dashboard_token(token: str | None) -> str | None:
+    """The dashboard token, or None when unset; refuses one too short or with odd characters.
+
+    Raises:
+        ValueError: fewer than ``MIN_DASHBOARD_TOKEN_CHARS`` characters, or not printable ASCII.
+    """
+    if not token:
+        return None
+    if (
+        len(token) < MIN_DASHBOARD_TOKEN_CHARS
+        or not (token.isascii() and token.isprintable())
+        or " " in token
+    ):
+        raise ValueError(
+            f"the dashboard token must be at least {MIN_DASHBOARD_TOKEN_CHARS} printable ASCII "
+            f"characters without spaces (got {len(token)} characters)"
+        )
+    return token
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything the web app needs to know; immutable once the app starts.
@@ -51,6 +72,9 @@ class Settings:
     Per client address: ``submit_rate``/``submit_burst`` bound job-creating requests
     (``POST /api/jobs``, a ``/reports/...`` that submits); ``not_found_rate``/``_burst`` bound
     404s on id routes, after which those routes answer 429 (id guessing). 0 turns one off.
+
+    ``dashboard_token`` turns on ``/dashboard`` (default ``$JOBCAST_DASHBOARD_TOKEN``; None:
+    the dashboard is off). It is left out of ``repr``.
     """
 
     broker_url: str = field(default_factory=broker_url)
@@ -69,6 +93,12 @@ class Settings:
     not_found_rate: float = field(default_factory=lambda: _env_rate("JOBCAST_NOT_FOUND_RATE", 10.0))
     not_found_burst: float = field(default_factory=lambda: _env_rate("JOBCAST_NOT_FOUND_BURST", 20.0))
     curve: ClientKeys | None = field(default_factory=client_keys)  # for an off-loopback broker
+    dashboard_token: str | None = field(
+        default_factory=lambda: os.environ.get("JOBCAST_DASHBOARD_TOKEN") or None, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        check_dashboard_token(self.dashboard_token)
 
     def with_port(self, port: int) -> Settings:
         """A copy with the real port (after binding port 0)."""

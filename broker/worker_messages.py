@@ -1,0 +1,134 @@
+"""Worker messages to the broker core: ready, log, done, failed, gone, leaving (pure)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from broker import joblog
+from broker import protocol as p
+from broker.jobs import Job, State
+from broker.scheduling import retry_delay_s
+from broker.state import BrokerState
+from broker.workforce import WorkerSlot, restrict_ready
+
+logger = logging.getLogger("broker.core")
+
+MAX_ERROR_TEXT: Final = 8192
+
+
+class WorkerMessages(BrokerState):
+    """The handlers of worker messages (``BrokerProtocol.receive_worker`` dispatches here)."""
+
+    def _granted(self, peer: bytes, msg: p.Ready, allowed: frozenset[str] | None) -> p.Ready:
+        granted, refused = restrict_ready(msg, allowed)
+        if refused:
+            self.counters["refused_tasks"] += len(refused)
+            logger.warning("worker %s (pid %s on %s): its key may not run %s; refused",
+                           peer.hex(), msg.pid, msg.host, refused)  # fmt: skip
+        return granted
+
+    def _worker_ready(self, peer: bytes, msg: p.Ready, now: float) -> None:
+        previous = self.workers.get(peer)
+        if previous is not None:
+            self._worker_gone(previous, now, reason="worker re-registered", lost=False)
+        self.workers.join(peer, msg, now)
+        self.defaults.learn(msg.tasks, msg.options or {})
+        self.controls.learn(msg.tasks, msg.options or {}, self._wall(now))
+        logger.info("worker %s ready (pid %s on %s): %s", peer.hex(), msg.pid, msg.host, msg.tasks)
+
+    def _worker_log(self, peer: bytes, msg: p.Log, now: float) -> None:
+        slot, job = self.workers.get(peer), self.jobs.get(msg.id)
+        if (
+            slot is None
+            or slot.job_id != msg.id
+            or job is None
+            or job.attempts != msg.attempt
+            or job.is_final
+        ):
+            self.counters["stale_messages"] += 1
+            return
+        new = joblog.append(job.extra, msg.lines)
+        self.out.publish(job, now, extra=joblog.lines_event(job.extra, new))
+
+    def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
+        job = self._held_job(peer, msg.id, msg.attempt)
+        if job is None or job.is_final:
+            return  # a stale attempt, or cancelled while it ran (the cancel published the end)
+        if msg.last:
+            job.done = _int(msg.last.get("done"), job.done)
+            job.total = _int(msg.last.get("total"), job.total)
+            job.message = str(msg.last.get("message", job.message))[:1000]
+        if job.total and job.done < job.total:
+            job.done = job.total
+        job.result = msg.result
+        self._finish(job, State.DONE, now, error=None)
+
+    def _worker_failed(self, peer: bytes, msg: p.Failed, now: float) -> None:
+        job = self._held_job(peer, msg.id, msg.attempt)
+        if job is None:
+            return
+        error = {k: str(msg.error.get(k, ""))[:MAX_ERROR_TEXT] for k in ("type", "message", "traceback")}
+        self._attempt_failed(job, error, now, retry=msg.retry, immediate=False)
+
+    def _worker_gone(self, slot: WorkerSlot, now: float, *, reason: str, lost: bool) -> None:
+        self.workers.leave(slot.peer)
+        job = self.jobs.get(slot.job_id) if slot.job_id else None
+        if job is None or job.state is not State.RUNNING:
+            return
+        if not lost:
+            self._requeue(job, now, delay_s=0.0)
+            return
+        self.counters["workers_lost"] += 1
+        logger.warning("job %s lost its worker %s: %s", job.id, slot.peer.hex(), reason)
+        error = {"type": "WorkerLost", "message": reason, "traceback": ""}
+        self._attempt_failed(job, error, now, retry=True, immediate=True)
+
+    def _worker_leaving(self, slot: WorkerSlot | None, now: float) -> None:
+        """Warm shutdown: a busy worker finishes its job first; an idle one goes at once."""
+        if slot is None:
+            return
+        if slot.job_id is None:
+            self._worker_gone(slot, now, reason="worker said goodbye", lost=False)
+            return
+        self.workers.retire(slot)
+        logger.info("job %s: worker %s leaves after this job", slot.job_id, slot.peer.hex())
+
+    def _held_job(self, peer: bytes, job_id: str, attempt: int) -> Job | None:
+        """The job an outcome is for, if the sender holds that attempt; frees the sender."""
+        slot = self.workers.get(peer)
+        job = self.jobs.get(job_id)
+        if slot is not None and slot.busy_from_before and slot.job_id is None:
+            # back from a partition: its old attempt ended; take it once if not re-run yet
+            if job is not None and job.state is State.QUEUED and job.attempts == attempt:
+                job.move_to(State.RUNNING)
+                self.controls.started(job)
+                self.workers.take(slot, job.id)
+            else:
+                self.workers.release(slot)
+        if slot is None or slot.job_id != job_id or job is None or job.attempts != attempt:
+            self.counters["stale_messages"] += 1
+            logger.warning("job %s: dropped a result for attempt %s from %s (not its holder)",
+                           job_id, attempt, peer.hex())  # fmt: skip
+            return None
+        self.workers.release(slot)
+        return job
+
+    def _attempt_failed(
+        self, job: Job, error: dict[str, str], now: float, *, retry: bool, immediate: bool
+    ) -> None:
+        if job.is_final:
+            return  # cancelled meanwhile: the cancel already published the final state
+        max_attempts = self.defaults.max_attempts(job)
+        if retry and job.attempts < max_attempts:
+            self.counters["retried"] += 1
+            job.error = error
+            self._requeue(job, now, delay_s=0.0 if immediate else retry_delay_s(job.attempts))
+            return
+        if retry and error["type"] == "WorkerLost":
+            error = {**error, "message": f"{error['message']} (attempt {job.attempts} of {max_attempts})"}
+        self._finish(job, State.FAILED, now, error=error)
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
