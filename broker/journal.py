@@ -2,7 +2,9 @@
 
 Durability: SQLite in WAL mode with ``synchronous=NORMAL``. A committed record survives a
 crash of the broker process, not a power cut. The broker acknowledges a submission only
-after the turn's journal transaction has committed.
+after the turn's journal transaction has committed. Records that only refine a journaled
+job (its assignment, its end) may wait up to ``FLUSH_AFTER_S`` for the next write
+(``broker.journal_batch``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from broker.errors import UnsafeStoredData
+from broker.journal_batch import FLUSH_AFTER_S, JournalBatch
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,9 @@ JOURNAL_FILE: Final = "journal.sqlite3"
 class JobJournal:
     """Append-and-delete store of live jobs, keyed by id."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, flush_after_s: float = FLUSH_AFTER_S) -> None:
         self.path = os.path.join(data_dir, JOURNAL_FILE)
+        self.batch = JournalBatch(flush_after_s)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -64,19 +68,44 @@ class JobJournal:
         except (sqlite3.DatabaseError, ValueError) as exc:
             raise UnsafeStoredData(f"journal {self.path} is corrupted ({exc})") from None
 
-    def apply(self, records: Iterable[dict[str, Any]]) -> None:
-        """Write one turn's records in one transaction: ``put`` upserts, ``end`` deletes, ``meta`` sets.
+    def apply(self, records: Iterable[dict[str, Any]], now: float | None = None) -> None:
+        """Take one turn's records: ``put`` upserts, ``end`` deletes, ``meta`` sets.
 
-        Only each job's (and meta key's) last record in the turn is written: the
-        transaction is atomic, so the ones before it could never be seen.
+        They are written at once, in one transaction with every record waiting, when one
+        of them is new (``broker.journal_batch``) or ``now`` is None; else they wait until
+        ``next_flush()`` or the next write.
         """
-        jobs, meta = _latest(records)
-        puts = [(job_id, _dump(job)) for job_id, job in jobs.items() if job is not None]
-        ends = [(job_id,) for job_id, job in jobs.items() if job is None]
+        urgent, meta = self.batch.add(records, 0.0 if now is None else now)
+        if urgent or now is None:
+            self._write(meta, now)
+
+    def next_flush(self) -> float | None:
+        """When the records waiting must be written (monotonic seconds), or None."""
+        return self.batch.flush_at
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the records waiting, if any."""
+        if self.batch.waiting:
+            self._write({}, now)
+
+    def _write(self, meta: dict[str, str], now: float | None) -> None:
+        jobs = self.batch.waiting
+        puts = [(job_id, text) for job_id, text in jobs.items() if text is not None]
+        ends = [(job_id,) for job_id, text in jobs.items() if text is None]
+        try:
+            self._commit(list(meta.items()), puts, ends)
+        except BaseException:
+            self.batch.failed(0.0 if now is None else now)
+            raise
+        self.batch.written()
+
+    def _commit(
+        self, meta: list[tuple[str, str]], puts: list[tuple[str, str]], ends: list[tuple[str]]
+    ) -> None:
         self.db.execute("BEGIN")
         try:
             if meta:
-                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if puts:
                 self.db.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?)", puts)
             if ends:
@@ -99,24 +128,11 @@ class JobJournal:
             raise
 
     def close(self) -> None:
-        """Close the database."""
+        """Write the records waiting, then close the database."""
+        try:
+            self.flush()
+        except sqlite3.Error as exc:
+            logger.error(
+                "journal %s: %d records not written at close (%s)", self.path, len(self.batch.waiting), exc
+            )
         self.db.close()
-
-
-def _latest(records: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, Any] | None], dict[str, str]]:
-    """Each job's last record (None: it ended) and each meta key's last value, as JSON."""
-    jobs: dict[str, dict[str, Any] | None] = {}
-    meta: dict[str, str] = {}
-    for record in records:
-        op = record["op"]
-        if op == "put":
-            jobs[record["job"]["id"]] = record["job"]
-        elif op == "meta":
-            meta[record["key"]] = _dump(record["value"])
-        else:
-            jobs[record["id"]] = None
-    return jobs, meta
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

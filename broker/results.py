@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 RESULT_CACHE_BYTES: Final = 2 * 1024**3
 RESULTS_SUBDIR: Final = "results"
 CACHE_FILE: Final = "cache.db"
+ID_BATCH: Final = 500  # ids per query (SQLite allows 999 parameters on old builds)
 VIEW_END: Final = b"\n"  # compact JSON never holds a raw newline: the view ends at the first one
 HAS_RESULT: Final = b"R"
 NO_RESULT: Final = b"-"
@@ -100,15 +101,30 @@ class ResultStore:
 
     def _load_keys(self) -> None:
         """Read every cache key's expiry, so that unknown keys need no lookup (bounded)."""
-        path = os.path.join(self.cache.directory, CACHE_FILE)
         query = "SELECT key, expire_time FROM Cache WHERE raw = 1 AND key >= 'key:' AND key < 'key;' LIMIT ?"
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            with self._reading() as db:
                 rows = db.execute(query, (self.fresh.limit + 1,)).fetchall()
         except sqlite3.Error as exc:
             logger.warning("could not read the cache keys (%s); every submit looks on disk", exc)
             return
         self.fresh.load(((str(key)[4:], expire_at) for key, expire_at in rows), time.time())
+
+    def _reading(self) -> contextlib.closing[sqlite3.Connection]:
+        path = os.path.join(self.cache.directory, CACHE_FILE)
+        return contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
+
+    def finished_ids(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs (or groups) have a stored, unexpired final view."""
+        found: set[str] = set()
+        with self._reading() as db:
+            for start in range(0, len(job_ids), ID_BATCH):
+                keys = [f"job:{job_id}" for job_id in job_ids[start : start + ID_BATCH]]
+                marks = ",".join("?" * len(keys))
+                fresh = "expire_time IS NULL OR expire_time > ?"
+                query = f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks}) AND ({fresh})"
+                found.update(str(key)[4:] for (key,) in db.execute(query, [*keys, time.time()]))
+        return found
 
     def store_many(self, records: Iterable[StoreResult]) -> None:
         """Write finished jobs in one transaction: one row each, and its cache key if any."""

@@ -18,7 +18,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import zmq
 
@@ -63,7 +63,7 @@ class BrokerServer:
             wall_offset_s=time.time() - time.monotonic(),
             max_live_jobs=_env_int("JOBCAST_MAX_LIVE_JOBS", DEFAULT_MAX_LIVE_JOBS),
         )  # fmt: skip
-        self.core.restore(self.journal.replay(), time.monotonic())
+        self.core.restore(self._live_records(), time.monotonic())
         self.core.controls.restore(self.journal.replay_meta())  # paused tasks, periodic runs
         self.core.storage_error = self.storage.check(time.monotonic())
         self.stopping = 0
@@ -73,6 +73,18 @@ class BrokerServer:
         self.authenticator = start_authenticator(self.context, curve) if curve else None
         self._wake_r, self._wake_w = socket.socketpair()
         self._bind()
+
+    def _live_records(self) -> list[dict[str, Any]]:
+        """The journal's records, but for jobs whose end had not been written when the
+        broker stopped: their final view is in the result cache, so they are not run again."""
+        records = self.journal.replay()
+        finished = self.results.finished_ids([str(record.get("id")) for record in records])
+        if finished:
+            logger.info(
+                "%d jobs had finished before the broker stopped; dropped from the journal", len(finished)
+            )
+            self.journal.apply([{"op": "end", "id": job_id} for job_id in finished])
+        return [record for record in records if record.get("id") not in finished]
 
     def _bind(self) -> None:
         directory = ipc_directory(self.base_url)
@@ -136,6 +148,8 @@ class BrokerServer:
             self._wake_r.recv(64)
         core.tick(now)
         self.apply(core.effects_to_apply())
+        if self.journal.batch.due(now):
+            self._flush_journal(now)
         core.storage_error = self.storage.check(now)
         if now >= self.next_cull:
             self.next_cull = now + CULL_INTERVAL_S
@@ -147,7 +161,11 @@ class BrokerServer:
                 self.core.receive_subscription(frames[0][1:], now, frames[0][:1] == b"\x01")
 
     def _timeout_ms(self) -> int:
-        wait_s = min(self.core.next_deadline() - time.monotonic(), MAX_POLL_MS / 1000)
+        deadline = self.core.next_deadline()
+        flush_at = self.journal.next_flush()
+        if flush_at is not None and flush_at < deadline:
+            deadline = flush_at
+        wait_s = min(deadline - time.monotonic(), MAX_POLL_MS / 1000)
         return max(0, int(wait_s * 1000) + 1)
 
     def apply(self, effects: list[Effect]) -> None:
@@ -168,6 +186,12 @@ class BrokerServer:
                 case StoreResult() | Journal():
                     pass
 
+    def _flush_journal(self, now: float) -> None:
+        try:
+            self.journal.flush(now)
+        except (sqlite3.Error, OSError) as exc:
+            self.core.storage_error = self.storage.on_write_error(exc)
+
     def _write_durably(self, effects: list[Effect]) -> None:
         # results before the journal: a job leaves the journal only once its result is kept
         stores = [e for e in effects if isinstance(e, StoreResult)]
@@ -175,7 +199,7 @@ class BrokerServer:
             self.results.store_many(stores)
         records = [e.record for e in effects if isinstance(e, Journal)]
         if records:
-            self.journal.apply(records)
+            self.journal.apply(records, time.monotonic())
 
     def _send_worker(self, peer: bytes, frames: list[bytes]) -> None:
         try:

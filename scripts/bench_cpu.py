@@ -8,6 +8,11 @@ and the client took, read from /proc/PID/stat, next to the wall-clock jobs/s::
     .venv/bin/python scripts/bench_cpu.py --jobs 2000 --trials 3
     .venv/bin/python scripts/bench_cpu.py --repo /tmp/base --jobs 2000   # another tree, same venv
     .venv/bin/python scripts/bench_cpu.py --profile /tmp/prof            # py-spy raw profiles
+    .venv/bin/python scripts/bench_cpu.py --ab /tmp/base --trials 10     # A/B, both stacks up
+
+With ``--ab TREE`` a stack from each tree runs side by side and the trials alternate
+between them (ABBA order), so both see the same load on a busy machine; the client
+comes from ``--repo`` for both.
 
 The ``--repo`` tree's ``broker``/``workers`` packages are imported by the children and by
 this process (for the client), so two checkouts can be compared run by run.
@@ -16,6 +21,7 @@ this process (for the client), so two checkouts can be compared run by run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -36,8 +42,10 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--task", default="bench_noop", help="bench_noop, or bench_bare (no progress call)")
     parser.add_argument("--phases", default="one_by_one,map", help="comma list: one_by_one, map, latency")
     parser.add_argument("--profile", default=None, help="directory for py-spy raw profiles")
+    parser.add_argument("--ab", default=None, help="another tree: alternate trials between both")
     parser.add_argument("--json", default=None, help="append one JSON line per trial to FILE")
     return parser.parse_args()
 
@@ -67,17 +75,24 @@ def tree_ticks(pid: int) -> int:
     return sum(own_ticks(p) for p in bench_lib.descendants(pid))
 
 
+def role_pids(pool: int) -> dict[str, list[int]]:
+    """The worker pool's processes by role: the pool itself, its agents, their runners."""
+    agents = bench_lib.children(pool)
+    runners = [pid for agent in agents for pid in bench_lib.children(agent)]
+    return {"pool": [pool], "agents": agents, "runners": runners}
+
+
 def run_phase(name: str, client: Client, n: int, salt: str) -> None:
     """One phase's workload."""
     if name == "one_by_one":
-        ids = [client.submit("bench_noop", {"i": i, "s": salt}).id for i in range(n)]
+        ids = [client.submit(ARGS.task, {"i": i, "s": salt}).id for i in range(n)]
         for job_id in ids:
             client.result(job_id, timeout=300)
     elif name == "map":
-        client.map("bench_noop", [{"i": i, "s": salt} for i in range(n)], timeout=600)
+        client.map(ARGS.task, [{"i": i, "s": salt} for i in range(n)], timeout=600)
     elif name == "latency":
         for i in range(n):
-            client.submit("bench_noop", {"i": i, "s": salt}).result(timeout=30)
+            client.submit(ARGS.task, {"i": i, "s": salt}).result(timeout=30)
     else:
         raise SystemExit(f"unknown phase {name}")
 
@@ -85,6 +100,8 @@ def run_phase(name: str, client: Client, n: int, salt: str) -> None:
 def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) -> dict[str, float]:
     """CPU µs per job of each process group over one phase, and jobs/s."""
     before = {role: tree_ticks(pid) for role, pid in pids.items()}
+    split = role_pids(pids["workers"])
+    split_before = {role: sum(own_ticks(p) for p in group) for role, group in split.items()}
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     run_phase(name, client, n, salt)
@@ -93,6 +110,8 @@ def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) 
     out = {
         f"{role}_us": (tree_ticks(pid) - before[role]) / bench_lib.HZ / n * 1e6 for role, pid in pids.items()
     }
+    for role, group in split.items():
+        out[f"{role}_us"] = (sum(own_ticks(p) for p in group) - split_before[role]) / bench_lib.HZ / n * 1e6
     out["client_us"] = cpu / n * 1e6
     out["jobs_per_s"] = n / wall
     return out
@@ -103,6 +122,40 @@ def spy(pid: int, path: str) -> subprocess.Popen[bytes]:
     exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
     argv = [exe, "record", "-p", str(pid), "-f", "raw", "-o", path, "-r", "200", "--nonblocking"]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def ab_trials(phases: list[str], other: str) -> dict[str, list[dict[str, Any]]]:
+    """Both trees' stacks up at once; each trial measures one, then the other (ABBA)."""
+    import bench_core
+
+    trees = [REPO, os.path.abspath(other)]
+    setups = {}
+    results: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
+    with contextlib.ExitStack() as stack:
+        for tree in trees:
+            bench_lib.REPO = Path(tree)
+            s = stack.enter_context(bench_core.stack(ARGS.slots))
+            client = stack.enter_context(Client(s["url"], timeout_s=60))
+            client.map("bench_noop", [{"w": i, "t": tree} for i in range(200)], timeout=60)  # warm
+            setups[tree] = (client, {"broker": s["broker"].pid, "workers": s["worker"].pid})
+        salt = f"{time.time()}"
+        for i in range(ARGS.trials):
+            for tree in trees if i % 2 == 0 else trees[::-1]:
+                client, pids = setups[tree]
+                out = {
+                    name: measure(name, client, pids, ARGS.jobs, f"{salt}{i}{tree}{name}") for name in phases
+                }
+                results[tree].append(out)
+                record(tree, i, out)
+    return results
+
+
+def record(tree: str, i: int, result: dict[str, Any]) -> None:
+    """Print one trial; append it to --json."""
+    print(f"{tree} trial {i + 1}: {json.dumps(result, default=lambda v: round(v, 1))}", flush=True)
+    if ARGS.json:
+        with open(ARGS.json, "a") as fh:
+            fh.write(json.dumps({"repo": tree, "jobs": ARGS.jobs, **result}) + "\n")
 
 
 def trial(phases: list[str]) -> dict[str, Any]:
@@ -139,18 +192,19 @@ def start_spies(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
 def main() -> None:
     """Run the trials; print each and the medians."""
     phases = ARGS.phases.split(",")
-    trials = []
-    for i in range(ARGS.trials):
-        result = trial(phases)
-        trials.append(result)
-        print(f"trial {i + 1}: {json.dumps(result, default=lambda v: round(v, 1))}", flush=True)
-        if ARGS.json:
-            with open(ARGS.json, "a") as fh:
-                fh.write(json.dumps({"repo": REPO, "jobs": ARGS.jobs, **result}) + "\n")
-    for name in phases:
-        keys = trials[0][name].keys()
-        medians = {k: statistics.median(t[name][k] for t in trials) for k in keys}
-        print(f"{name:>10}: " + "  ".join(f"{k} {v:,.0f}" for k, v in medians.items()))
+    if ARGS.ab:
+        by_tree = ab_trials(phases, ARGS.ab)
+    else:
+        by_tree = {REPO: []}
+        for i in range(ARGS.trials):
+            by_tree[REPO].append(trial(phases))
+            record(REPO, i, by_tree[REPO][-1])
+    for tree, trials in by_tree.items():
+        print(f"{tree}: medians of {len(trials)}")
+        for name in phases:
+            keys = trials[0][name].keys()
+            medians = {k: statistics.median(t[name][k] for t in trials) for k in keys}
+            print(f"  {name:>10}: " + "  ".join(f"{k} {v:,.0f}" for k, v in medians.items()))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import ReadyProcess
 
+from broker.client import Client
+from broker.effects import StoreResult
 from broker.journal import JobJournal
+from broker.results import ResultStore
 
 
 @pytest.fixture
@@ -61,3 +67,55 @@ def test_a_bad_record_changes_nothing(journal: JobJournal) -> None:
     assert list(by_id(journal)) == ["a"]
     journal.apply([end("a")])  # the journal still takes writes
     assert journal.replay() == []
+
+
+def other_view(journal: JobJournal) -> JobJournal:
+    """The same journal file through a second connection: what a restart would read."""
+    return JobJournal(os.path.dirname(journal.path))
+
+
+def test_updates_and_ends_wait_for_the_next_write(journal: JobJournal) -> None:
+    journal.apply([put("a"), put("b")], now=1.0)  # new jobs: written at once
+    journal.apply([put("a", "running", 1), end("b")], now=2.0)  # these may wait
+    reader = other_view(journal)
+    assert {r["id"]: r["state"] for r in reader.replay()} == {"a": "queued", "b": "queued"}
+    assert journal.next_flush() == pytest.approx(2.05)
+    journal.apply([put("c")], now=2.01)  # a new job carries what waits
+    assert {r["id"]: r["state"] for r in reader.replay()} == {"a": "running", "c": "queued"}
+    assert journal.next_flush() is None
+    reader.close()
+
+
+def test_flush_and_close_write_what_waits(journal: JobJournal) -> None:
+    journal.apply([put("a"), put("b")], now=1.0)
+    journal.apply([end("a")], now=2.0)
+    journal.flush(3.0)
+    reader = other_view(journal)
+    assert list(by_id(reader)) == ["b"]
+    journal.apply([end("b")], now=4.0)
+    journal.close()
+    assert reader.replay() == []
+    reader.close()
+    journal.db = other_view(journal).db  # for the fixture's close
+
+
+def test_a_job_whose_end_was_not_written_is_not_run_again(
+    start_broker: Callable[..., ReadyProcess], base_url: str, tmpdir_short: str
+) -> None:
+    broker = start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        job_id = client.submit("echo", {"x": 1}).id  # no workers: it stays queued
+    broker.signal(signal.SIGTERM)
+    assert broker.wait(timeout_s=10) == 0
+    data = os.path.join(tmpdir_short, "data")
+    store = ResultStore(data)  # as if it finished and the broker died before writing its end
+    view = {"id": job_id, "state": "done", "task": "echo", "seq": 9}
+    store.store_many([StoreResult(job_id, view, b'{"x":1}', 3600.0, None, 0.0)])
+    store.close()
+    start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        assert client.status(job_id)["state"] == "done"
+        assert client.stats()["queued"] == 0
+    journal = JobJournal(data)
+    assert journal.replay() == []
+    journal.close()

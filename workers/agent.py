@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 CANCEL_GRACE_S: Final = 2.0
 WARM_GRACE_S: Final = 5.0
 MAX_POLL_S: Final = 1.0
+CHILD_CHECK_S: Final = 0.1  # a dead runner shows as EOF on its pipe; this catches the rest
 
 
 class Agent:
@@ -59,6 +60,7 @@ class Agent:
         self.child: Child | None = None
         self.child_backoff = Backoff()
         self.respawn_at: float | None = None
+        self.next_child_check = 0.0
         self.current: Attempt | None = None
         self.signals = SignalFlags()
         self.handled_signals = 0
@@ -256,10 +258,12 @@ class Agent:
             self.respawn_at = now + self.child_backoff.next_delay_s()
 
     def _check_child(self, now: float) -> None:
-        if self.child is not None and self.child.has_exited():
-            self._read_child(now)  # an outcome may still sit in the pipe
-            if self.child is not None:
-                self._on_child_exit(now)
+        if now >= self.next_child_check:  # not every turn: reaping costs a waitpid each time
+            self.next_child_check = now + CHILD_CHECK_S
+            if self.child is not None and self.child.has_exited():
+                self._read_child(now)  # an outcome may still sit in the pipe
+                if self.child is not None:
+                    self._on_child_exit(now)
         due = self.respawn_at is not None and now >= self.respawn_at
         if self.child is None and due and self.stop_deadline is None:
             self._spawn_child()
