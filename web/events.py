@@ -118,6 +118,9 @@ async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> 
     PUB drops under load, so a final state must never depend on a PUB message arriving.
     """
     if not watch.needs_resync:
+        queued = watch.get_nowait()  # a busy job: no timer to arm and cancel per message
+        if queued is not None:
+            return queued
         try:
             async with asyncio.timeout(resync_s):  # no task per wait, unlike wait_for
                 return await watch.get()

@@ -237,6 +237,10 @@ class Watch:
         self._ready.clear()
         return self.buffer.drain()
 
+    def get_nowait(self) -> dict[str, Any] | None:
+        """The next queued message if there is one, without waiting."""
+        return self.buffer.pop() if self.buffer else None
+
     async def get(self) -> dict[str, Any]:
         """Wait for the next queued message."""
         while not self.buffer:
