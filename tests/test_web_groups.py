@@ -122,3 +122,23 @@ def test_group_page_and_demo_link(web_stack: WebStack) -> None:
     assert page.status_code == 200
     assert page.text.count('data-jobcast-child="') == 10
     assert httpx.get(f"{web_stack.url}/groups/{'A' * 22}").status_code == 404
+
+
+def test_delete_cancels_every_unfinished_child(web_stack: WebStack) -> None:
+    response = post_group(web_stack, {"task": "step", "args": [{"n": i, "seconds": 30} for i in range(4)]})
+    assert response.status_code == 202, response.text
+    group = response.json()
+    url = f"{web_stack.url}/api/groups/{group['id']}"
+    foreign = httpx.delete(url, headers={"Origin": "https://evil.example"}, timeout=10)
+    assert foreign.status_code == 403  # CSRF: nothing cancelled
+    assert httpx.get(url, timeout=10).json()["counts"].get("cancelled", 0) == 0
+    child = group["children"][0]["id"]
+    assert httpx.delete(f"{web_stack.url}/api/groups/{child}", timeout=10).status_code == 404  # a job
+    assert httpx.delete(f"{web_stack.url}/api/groups/{'A' * 22}", timeout=10).status_code == 404
+    cancelled = httpx.delete(url, timeout=10)
+    assert cancelled.status_code == 200, cancelled.text
+    view = cancelled.json()
+    assert view["state"] == "cancelled" and view["counts"]["cancelled"] == 4
+    assert [row["state"] for row in view["children"]] == ["cancelled"] * 4
+    again = httpx.delete(url, timeout=10)  # nothing left to cancel: the same answer
+    assert again.status_code == 200 and again.json()["state"] == "cancelled"

@@ -85,6 +85,16 @@ async def group_status(request: Request) -> JSONResponse:
     return JSONResponse(await group_view(request))
 
 
+async def cancel_group(request: Request) -> JSONResponse:
+    """``DELETE /api/groups/{id}``: cancel every child not yet finished; answers with the group."""
+    check_origin(request)
+    view = await group_view(request)
+    client = request.state.client
+    live = [row["id"] for row in view.get("children", []) if row.get("state") not in FINAL_STATES]
+    await asyncio.gather(*(client.cancel(job_id) for job_id in dict.fromkeys(live)))
+    return JSONResponse(await group_view(request))
+
+
 async def group_page(request: Request) -> HTMLResponse:
     """``GET /groups/{id}``: one live aggregate bar and the children's rows; results when done."""
     view = await group_view(request)
@@ -174,6 +184,7 @@ async def parallel_report(request: Request) -> RedirectResponse:
 routes: Final = [
     Route("/api/groups", submit_group, methods=["POST"]),
     Route("/api/groups/{job_id}", group_status, methods=["GET"]),
+    Route("/api/groups/{job_id}", cancel_group, methods=["DELETE"]),
     WebSocketRoute("/api/groups/{job_id}/events", job_events),
     Route("/groups/{job_id}", group_page, methods=["GET"]),
     Route("/demo/parallel-report", parallel_report, methods=["GET"]),
