@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -50,18 +51,25 @@ def instrument(new_page: Any) -> Any:
     return new_page
 
 
-@pytest.fixture
-def page() -> Iterator[Any]:
-    """A fresh headless chromium page; dialogs (alert) are recorded and fail the test."""
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright (the test skips without it)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed")
     with playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--disable-background-networking"])  # fmt: skip
         try:
-            yield instrument(browser.new_context().new_page())
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A fresh headless chromium page; dialogs (alert) are recorded and fail the test."""
+    with launched_chromium() as browser:
+        yield instrument(browser.new_context().new_page())
 
 
 def percent(selector: str) -> str:

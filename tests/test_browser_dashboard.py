@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from helpers import jobcast
-from test_browser import ARTIFACTS, CHROMIUM, instrument, network_noise
+from test_browser import ARTIFACTS, instrument, launched_chromium, network_noise
 from web_fixtures import DASHBOARD_TOKEN, WebStack
 
 pytestmark = pytest.mark.browser
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 ROW = '[data-job-id="{}"]'
 
@@ -23,15 +23,8 @@ ROW = '[data-job-id="{}"]'
 @pytest.fixture
 def browser_context() -> Iterator[Any]:
     """A fresh headless chromium context (its tabs share the dashboard's cookie)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed")
-    with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-background-networking"])  # fmt: skip
-        try:
-            yield browser.new_context()
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser.new_context()
 
 
 def open_dashboard(context: Any, url: str) -> Any:

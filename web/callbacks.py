@@ -25,11 +25,11 @@ import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
 from broker.client import AsyncClient
 from broker.errors import BadArguments
-from broker.outbound import is_ip_literal, is_public_address
+from broker.outbound import is_ip_literal, is_public_address, split_http_url
 from web.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -77,18 +77,11 @@ def check_callback_url(url: Any, policy: CallbackPolicy) -> SplitResult:
         BadArguments: not an absolute http(s) URL with a host, credentials in it, or a
             literal address that is not public (and not allowlisted).
     """
-    if not isinstance(url, str) or not 0 < len(url) <= MAX_URL_CHARS:
-        raise BadArguments(f"callback_url must be a string of 1..{MAX_URL_CHARS} characters")
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        parts = split_http_url(url, MAX_URL_CHARS)
     except ValueError as exc:
-        raise BadArguments(f"callback_url is not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
-        raise BadArguments(f"callback_url must be an http or https URL with a host (got {url[:100]!r})")
-    if parts.username is not None or parts.password is not None:
-        raise BadArguments("callback_url must not carry credentials")
-    host = parts.hostname
+        raise BadArguments(f"callback_url {exc}") from None
+    host = parts.hostname or ""  # split_http_url refused a URL without one
     if is_ip_literal(host) and not policy.allowlisted(host) and not is_public_address(host):
         raise BadArguments(f"callback_url must not point at a non-public address (got {host})")
     return parts

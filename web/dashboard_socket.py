@@ -11,7 +11,6 @@ as on the job page, so a stalled dashboard only stalls itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Final
 
@@ -23,8 +22,7 @@ from web import auth
 from web.dashboard_feed import DashboardHub, DashboardWatch
 from web.dashboard_jobs import job_lists
 from web.errors import TOO_MANY_REQUESTS, ApiError, RateLimited
-from web.events import deny
-from web.relay import Message
+from web.events import deny, receive_until_gone, send_message
 from web.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -65,7 +63,7 @@ async def _stream(
     websocket: WebSocket, hub: DashboardHub, watch: DashboardWatch, first: dict[str, Any]
 ) -> None:
     sender = asyncio.create_task(_send_all(websocket, hub, watch, first))
-    receiver = asyncio.create_task(_receive_until_gone(websocket))
+    receiver = asyncio.create_task(receive_until_gone(websocket))
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
@@ -80,30 +78,16 @@ async def _send_all(
     websocket: WebSocket, hub: DashboardHub, watch: DashboardWatch, first: dict[str, Any]
 ) -> None:
     timeout_s = websocket.state.settings.send_timeout_s
-    await _send(websocket, first, timeout_s)
+    await send_message(websocket, first, timeout_s)
     while True:
         await watch.wait()
         if watch.needs_resync:  # the browser fell too far behind: start it over
             watch.needs_resync = False
             watch.drain()
-            await _send(websocket, await snapshot(hub), timeout_s)
+            await send_message(websocket, await snapshot(hub), timeout_s)
             continue
         for message in watch.drain():
-            await _send(websocket, message, timeout_s)
-
-
-async def _send(websocket: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
-    text = message.text() if isinstance(message, Message) else json.dumps(message, separators=(",", ":"))
-    async with asyncio.timeout(timeout_s):
-        await websocket.send_text(text)
-
-
-async def _receive_until_gone(websocket: WebSocket) -> None:
-    """Read (and ignore) what the browser sends, until it disconnects."""
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
+            await send_message(websocket, message, timeout_s)
 
 
 routes: Final = [WebSocketRoute("/dashboard/events", dashboard_events)]

@@ -83,7 +83,7 @@ async def job_events(websocket: WebSocket) -> None:
 async def _stream(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
     """Send the join messages, then the live stream; both tasks end together."""
     sender = asyncio.create_task(_send_all(websocket, watch, snapshot, after))
-    receiver = asyncio.create_task(_receive_until_gone(websocket))
+    receiver = asyncio.create_task(receive_until_gone(websocket))
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
@@ -100,14 +100,14 @@ async def _send_all(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any]
     joined = clone_join(snapshot, watch.drain(), after)
     cursor = Cursor.after_join(snapshot, joined, after)
     for message in joined:
-        await _send(websocket, message, settings.send_timeout_s)
+        await send_message(websocket, message, settings.send_timeout_s)
     if any(is_final(message) for message in joined):
         return await websocket.close(code=1000)
     while True:
         update = await _next_message(websocket, watch, settings.resync_s)
         if not cursor.admit(update):
             continue
-        await _send(websocket, update, settings.send_timeout_s)
+        await send_message(websocket, update, settings.send_timeout_s)
         if is_final(update):
             return await websocket.close(code=1000)
 
@@ -134,13 +134,14 @@ async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> 
         raise
 
 
-async def _send(websocket: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
+async def send_message(websocket: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
+    """Send one message as JSON text (encoded once for a relay ``Message``), bounded in time."""
     text = message.text() if isinstance(message, Message) else json.dumps(message, separators=(",", ":"))
     async with asyncio.timeout(timeout_s):
         await websocket.send_text(text)
 
 
-async def _receive_until_gone(websocket: WebSocket) -> None:
+async def receive_until_gone(websocket: WebSocket) -> None:
     """Read (and ignore) what the browser sends, until it disconnects."""
     while True:
         message = await websocket.receive()

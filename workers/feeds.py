@@ -29,7 +29,7 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 import feedparser  # type: ignore[import-untyped]
 
 from broker.errors import BadArguments
-from broker.outbound import is_public_address
+from broker.outbound import is_public_address, split_http_url
 from workers import Job, task
 
 ALLOW_ENV: Final = "JOBCAST_FEEDS_ALLOW"
@@ -76,19 +76,10 @@ def check_url(url: object) -> SplitResult:
     Raises:
         FeedRefused: the rule broken, with the value.
     """
-    if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
-        raise FeedRefused(f"a feed URL must be a string of 1..{MAX_URL_CHARS} characters")
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        parts = split_http_url(url, MAX_URL_CHARS)
     except ValueError as exc:
-        raise FeedRefused(f"not a valid URL: {url[:100]!r} ({exc})") from None
-    if parts.scheme not in ("http", "https"):
-        raise FeedRefused(f"only http and https feeds are fetched (got {url[:100]!r})")
-    if not parts.hostname or port == 0:
-        raise FeedRefused(f"a feed URL needs a host (got {url[:100]!r})")
-    if parts.username is not None or parts.password is not None:
-        raise FeedRefused(f"feed URLs must not carry credentials (got {parts.hostname!r})")
+        raise FeedRefused(f"a feed URL {exc}") from None
     return parts
 
 
