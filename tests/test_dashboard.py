@@ -186,13 +186,17 @@ def test_events_socket_checks_cookie_and_origin_then_pushes_jobs_and_stats(dash:
 def test_dashboard_feed_ends_when_the_last_dashboard_closes(dash: WebStack) -> None:
     headers = {"Cookie": session_cookie(dash.url)}
 
+    def watched() -> int:
+        return int(httpx.get(f"{dash.url}/healthz", timeout=10).json()["watched_jobs"])
+
     async def open_and_close() -> None:
         async with connect(f"{dash.web.ws_url}/dashboard/events", additional_headers=headers) as ws:
             await ws.recv()
+            assert await asyncio.to_thread(watched) == 1  # the all-jobs topic, while open
 
     run(open_and_close())
     # the all-jobs topic is gone from the web's subscriptions: only job topics remain watched
-    wait_for(lambda: httpx.get(f"{dash.url}/healthz", timeout=10).json()["watched_jobs"] == 0)
+    wait_for(lambda: watched() == 0)
 
 
 def test_list_and_retry_need_the_token_and_a_same_origin_json_post(dash: WebStack) -> None:

@@ -235,7 +235,8 @@ def test_cache_key_expires_before_the_job_record(store: ResultStore, reader: Res
 
 
 def test_job_record_expires(store: ResultStore, reader: ResultReader) -> None:
-    store.store_many([record(retention_s=0.05, cache_key=None)])
+    store.store_many([record(retention_s=0.5, cache_key=None)])
+    assert store.job(JOB_ID) is not None and reader.job(JOB_ID) is not None  # stored, then gone
     wait_for(lambda: store.job(JOB_ID) is None, timeout_s=5)
     wait_for(lambda: reader.job(JOB_ID) is None, timeout_s=5)
 
