@@ -20,7 +20,7 @@ from broker.errors import ProtocolError
 from broker.jobs import State, job_from_record
 from broker.progress import EtaEstimator
 from broker.state import DEFAULT_MAX_LIVE_JOBS, SEQ_EPOCH_SHIFT, BrokerState, StoredResults
-from broker.tally import live_counts
+from broker.tally import StateCounts, count_states, live_counts
 from broker.worker_messages import WorkerMessages
 
 __all__ = ["DEFAULT_MAX_LIVE_JOBS", "BrokerProtocol", "BrokerState", "StoredResults"]
@@ -56,8 +56,9 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             case p.Pause() | p.Resume():
                 self._pause(peer, msg, now)
             case p.Stats():
-                figures = self.metrics_json() if msg.metrics else None
-                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats(), metrics=figures))
+                live = count_states(self.jobs[job_id] for job_id in self.by_key.values())  # one pass
+                figures = self.metrics_json(live) if msg.metrics else None
+                self.out.to_client(peer, p.Counters(req=msg.req, stats=self.stats(live), metrics=figures))
             case p.ListJobs():
                 self._list(peer, msg)
             case p.Retry():
@@ -160,11 +161,13 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
         controls = self.controls.next_deadline(bool(self.subscriptions.exact), self.wall_offset_s)
         return min(self.workers.next_deadline(), delayed, controls, self.out.all_jobs.next_deadline())
 
-    def stats(self) -> dict[str, Any]:
-        """Queue depth, workers and counters."""
+    def stats(self, live: StateCounts | None = None) -> dict[str, Any]:
+        """Queue depth, workers and counters (``live``: ``count_states`` of the live jobs)."""
+        if live is None:
+            live = count_states(self.jobs[job_id] for job_id in self.by_key.values())
         return {
             "epoch": self.epoch,
-            **live_counts(self.jobs[job_id] for job_id in self.by_key.values()),  # live jobs only
+            **live_counts(live),
             "workers": len(self.workers),
             "idle_workers": self.workers.idle_count(),
             "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),
@@ -173,9 +176,8 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             **self.counters,
         }
 
-    def metrics_json(self) -> bytes:
+    def metrics_json(self, live: StateCounts) -> bytes:
         """Per-task counts and time histograms (``broker.metrics``) as JSON bytes."""
-        live = (self.jobs[job_id] for job_id in self.by_key.values())
         return json.dumps(self.metrics.snapshot(live), separators=(",", ":")).encode()
 
     def restore(self, records: list[dict[str, Any]], now: float) -> None:

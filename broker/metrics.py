@@ -16,12 +16,11 @@ rest share the label ``OTHER_TASK`` (clients can queue any task name: bound the 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from broker.jobs import Job, State
+from broker.tally import StateCounts
 
 WAIT_BUCKETS_S: Final = (0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
 RUN_BUCKETS_S: Final = (0.01, 0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 7200.0)
@@ -88,10 +87,10 @@ class Metrics:
         if was_running and job.started_at is not None and job.finished_at is not None:
             figures.run_s.observe(job.finished_at - job.started_at)
 
-    def snapshot(self, live: Iterable[Job]) -> dict[str, Any]:
-        """Every task's figures plus live queued/running counts, JSON-ready."""
+    def snapshot(self, live: StateCounts) -> dict[str, Any]:
+        """Every task's figures plus the live jobs per (task, state), JSON-ready."""
         tasks = {name: _task_json(figures) for name, figures in self.tasks.items()}
-        for (task, state), count in Counter((job.task, job.state) for job in live).items():
+        for (task, state), count in live.items():
             label = task if task in tasks or len(tasks) < MAX_METRIC_TASKS else OTHER_TASK
             if label not in tasks:
                 tasks[label] = _task_json(TaskFigures())

@@ -11,12 +11,19 @@ from broker.jobs import Job, State
 MAX_TASKS_LISTED: Final = 100  # the deepest queues; a flood of task names stays bounded
 
 
-def live_counts(jobs: Iterable[Job]) -> dict[str, Any]:
+StateCounts = Counter[tuple[str, State]]  # (task, state) → live jobs
+
+
+def count_states(jobs: Iterable[Job]) -> StateCounts:
+    """Live jobs per (task, state): one pass, shared by ``stats`` and the metrics."""
+    return Counter((job.task, job.state) for job in jobs)
+
+
+def live_counts(per_task: StateCounts) -> dict[str, Any]:
     """``queued`` and ``running`` totals, and ``queues``: per task, its queued and running jobs.
 
     ``queues`` lists at most ``MAX_TASKS_LISTED`` tasks, the busiest first.
     """
-    per_task: Counter[tuple[str, State]] = Counter((job.task, job.state) for job in jobs)
     queues: dict[str, dict[str, int]] = {}
     for (task, state), count in per_task.items():
         if state in (State.QUEUED, State.RUNNING):

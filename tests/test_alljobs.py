@@ -11,7 +11,7 @@ from broker import protocol as p
 from broker.alljobs import PROGRESS_INTERVAL_S, AllJobsFeed
 from broker.effects import Effect, Publish
 from broker.progress import Subscriptions
-from broker.tally import MAX_TASKS_LISTED, live_counts
+from broker.tally import MAX_TASKS_LISTED, count_states, live_counts
 
 STAR = p.ALL_JOBS_TOPIC
 
@@ -143,7 +143,7 @@ def test_live_counts_per_task_bounded() -> None:
     assert stats["queues"] == {"echo": {"queued": 2, "running": 1}}
     jobs = [broker.core.jobs[job_id] for job_id in broker.core.by_key.values()]
     many = [type(jobs[0])(**{**_fields(jobs[0]), "task": f"t{n:03d}"}) for n in range(MAX_TASKS_LISTED + 5)]
-    assert len(live_counts(many)["queues"]) == MAX_TASKS_LISTED
+    assert len(live_counts(count_states(many))["queues"]) == MAX_TASKS_LISTED
 
 
 def _fields(job: object) -> dict[str, object]:

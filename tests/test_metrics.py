@@ -16,6 +16,7 @@ from broker.addresses import endpoints
 from broker.client import Client
 from broker.jobs import Job, State
 from broker.metrics import MAX_METRIC_TASKS, OTHER_TASK, RUN_BUCKETS_S, WAIT_BUCKETS_S, Histogram, Metrics
+from broker.tally import count_states
 
 
 def job(task: str, state: State, created: float = 0.0, started: float | None = None,
@@ -55,7 +56,7 @@ def test_snapshot_adds_live_counts_and_caps_the_task_labels() -> None:
     for n in range(MAX_METRIC_TASKS + 5):
         metrics.finished(job(f"t{n}", State.CANCELLED, finished=1.0), was_running=False)
     live = [job("t0", State.QUEUED), job("t0", State.RUNNING), job("new-task", State.QUEUED)]
-    snap = metrics.snapshot(live)
+    snap = metrics.snapshot(count_states(live))
     assert len(snap["tasks"]) == MAX_METRIC_TASKS + 1
     assert snap["tasks"][OTHER_TASK]["cancelled"] == 5 and snap["tasks"][OTHER_TASK]["queued"] == 1
     assert snap["tasks"]["t0"]["queued"] == 1 and snap["tasks"]["t0"]["running"] == 1
