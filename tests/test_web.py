@@ -145,6 +145,10 @@ def test_report_seed_flow_redirects_then_renders_the_cached_result(web_stack: We
     finally:
         web_stack.broker.signal(signal.SIGCONT)
     assert fast.status_code == 200 and "Cached result." in fast.text
+    assert fast.text == report.text  # the hot page (kept encoded for about a second) is the same
+    assert fast.headers["content-type"] == "text/html; charset=utf-8"
+    assert fast.headers["cache-control"] == "no-store"
+    assert fast.headers["content-security-policy"].startswith("default-src 'self'")
 
 
 def test_progress_page_drops_an_unsafe_next(web_stack: WebStack) -> None:

@@ -123,10 +123,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The jobcast web app: API, WebSocket events, pages, static files and demo feeds."""
     settings = settings or Settings()
     routes = [
+        *pages.routes,  # first: a popular cached report is the hottest request (routes match in order)
         *api.routes,
         *events.routes,
         *groups.routes,
-        *pages.routes,
         *metrics.routes,
         *dashboard.routes,
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),

@@ -1,7 +1,8 @@
-"""Hot cached reports: a rendered page kept for about a second per task, args and scope (pure).
+"""Hot cached reports: a rendered page kept for about a second per URL and scope (pure).
 
-A popular report asked for thousands of times a second would read the result cache and
-fill the page template on every request. This keeps the finished page for at most
+A popular report asked for thousands of times a second would parse its query, read the
+result cache and fill the page template on every request. This keeps the finished page,
+encoded, under the request's raw query string (so a hit parses nothing) for at most
 ``HOT_FOR_S`` and never past the cached result's own expiry (``finished_at + ttl_s``),
 so a report that expires stops being served as it would without this; a forced re-run
 shows up within ``HOT_FOR_S``. Bounded: the least recently used page goes first.
@@ -15,7 +16,7 @@ from typing import Any, Final
 HOT_FOR_S: Final = 1.0
 MAX_HOT_PAGES: Final = 1024
 
-HotKey = tuple[str, str, bytes, str]  # mount path, task, canonical args, scope
+HotKey = tuple[str, str, bytes, str]  # mount path, task, raw query string, scope
 
 
 class HotReports:
@@ -24,9 +25,9 @@ class HotReports:
     def __init__(self, capacity: int = MAX_HOT_PAGES, hot_for_s: float = HOT_FOR_S) -> None:
         self.capacity = capacity
         self.hot_for_s = hot_for_s
-        self._pages: OrderedDict[HotKey, tuple[float, str]] = OrderedDict()
+        self._pages: OrderedDict[HotKey, tuple[float, bytes]] = OrderedDict()
 
-    def get(self, key: HotKey, now_wall: float) -> str | None:
+    def get(self, key: HotKey, now_wall: float) -> bytes | None:
         """The page for ``key`` while it is hot, else None (and it is dropped)."""
         entry = self._pages.get(key)
         if entry is None:
@@ -37,7 +38,7 @@ class HotReports:
         self._pages.move_to_end(key)
         return entry[1]
 
-    def put(self, key: HotKey, page: str, view: dict[str, Any], now_wall: float) -> None:
+    def put(self, key: HotKey, page: bytes, view: dict[str, Any], now_wall: float) -> None:
         """Keep ``page`` (rendered from the job ``view``) until it cools or its result expires."""
         until = now_wall + self.hot_for_s
         ttl_s, finished_at = view.get("ttl_s"), view.get("finished_at")

@@ -140,14 +140,20 @@ async def bars(request: Request) -> HTMLResponse:
 async def report(request: Request) -> Response:
     """``GET /reports/{task}?k=v…``: the cached result at once, else 303 to its progress page."""
     task = str(request.path_params["task"])
+    scope = request_scope(request)  # "" without host authentication
+    hot_key = (_base(request), task, request.scope["query_string"], scope)
+    if not (auth_in_force(request) and b"scope" in hot_key[2]):  # that query must get its 400
+        hot = HOT.get(hot_key, time.time())
+        if hot is not None:  # the popular-report path: nothing parsed, read or rendered
+            return Response(hot, media_type="text/html")
     args = query_args(request)
     check_task_name(task)
     if "scope" in args and auth_in_force(request):
         raise ApiError(400, "scope is set by the server (the signed-in user), never by the request")
-    scope = request_scope(request)  # "" without host authentication
     page = _cached_page(request, task, canonical_args(args), scope)
     if page is not None:  # the fast path: no broker round trip, no re-rendering
-        return _html(page)
+        HOT.put(hot_key, page[0], page[1], time.time())
+        return Response(page[0], media_type="text/html")
     check_submit(request)  # a GET that creates a job is rate-limited like a POST (S10)
     try:
         job = await request.state.client.submit(task, args, scope=scope)
@@ -163,19 +169,16 @@ async def report(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
-def _cached_page(request: Request, task: str, args_json: bytes, scope: str) -> str | None:
-    """The page of a fresh cached report: hot in memory, else read from the result cache."""
-    key, now_wall = (_base(request), task, args_json, scope), time.time()
-    page = HOT.get(key, now_wall)
-    if page is not None:
-        return page
+def _cached_page(
+    request: Request, task: str, args_json: bytes, scope: str
+) -> tuple[bytes, dict[str, Any]] | None:
+    """A fresh cached report's page (encoded) and job view, read from the result cache."""
     stored = cached_report(request.state.results, task, args_json, scope)
     if stored is None:
         return None
     body = RENDERED.render(stored[0]["id"], lambda: json.loads(stored[1]))
     page = render("report.html", base=_base(request), task=task, meta="Cached result.", body=body)
-    HOT.put(key, page, stored[0], now_wall)
-    return page
+    return page.encode(), stored[0]
 
 
 def cached_report(
