@@ -33,6 +33,7 @@ from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
 from web.fast_path import LocalResults
 from web.relay import Relay
+from web.send_watchdog import SendWatchdog
 from web.settings import Settings
 from web.throttle import Limits, NotFoundThrottle
 
@@ -89,17 +90,20 @@ def jobcast_lifespan(
         client = AsyncClient(settings.broker_url, context=context, curve=settings.curve)
         results = LocalResults(settings.data_dir)  # read-only: the cache-hit fast path, if here
         callbacks = CallbackSender(client, CallbackPolicy.from_env())
+        watchdog = SendWatchdog(settings.send_timeout_s)
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
+                stalls = group.create_task(watchdog.run(), name="jobcast-send-watchdog")
                 hub = DashboardHub(relay, client)  # shared by this process's dashboard sockets
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,
                            "limits": limits, "callbacks": callbacks, "dashboard": hub,
-                           "metrics": metrics.MetricsExporter()}  # fmt: skip
+                           "metrics": metrics.MetricsExporter(), "watchdog": watchdog}  # fmt: skip
                 finally:
                     reader.cancel()
+                    stalls.cancel()
                     await hub.close()
         finally:
             await callbacks.aclose()

@@ -23,6 +23,7 @@ from web.dashboard_feed import DashboardHub, DashboardWatch
 from web.dashboard_jobs import job_lists
 from web.errors import TOO_MANY_REQUESTS, ApiError, RateLimited
 from web.events import deny, receive_until_gone, send_message
+from web.send_watchdog import SendWatchdog
 from web.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,17 +78,18 @@ async def _stream(
 async def _send_all(
     websocket: WebSocket, hub: DashboardHub, watch: DashboardWatch, first: dict[str, Any]
 ) -> None:
-    timeout_s = websocket.state.settings.send_timeout_s
-    await send_message(websocket, first, timeout_s)
-    while True:
-        await watch.wait()
-        if watch.needs_resync:  # the browser fell too far behind: start it over
-            watch.needs_resync = False
-            watch.drain()
-            await send_message(websocket, await snapshot(hub), timeout_s)
-            continue
-        for message in watch.drain():
-            await send_message(websocket, message, timeout_s)
+    watchdog: SendWatchdog = websocket.state.watchdog
+    with watchdog.guard() as guard:
+        await send_message(websocket, first, guard)
+        while True:
+            await watch.wait()
+            if watch.needs_resync:  # the browser fell too far behind: start it over
+                watch.needs_resync = False
+                watch.drain()
+                await send_message(websocket, await snapshot(hub), guard)
+                continue
+            for message in watch.drain():
+                await send_message(websocket, message, guard)
 
 
 routes: Final = [WebSocketRoute("/dashboard/events", dashboard_events)]

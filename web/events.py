@@ -6,8 +6,9 @@ existence → 404. Only then does the relay subscribe (ZeroMQ subscriptions are 
 matches, so an unchecked id could watch other jobs). The join is the Clone pattern:
 subscribe, fetch the snapshot, drop buffered events it already covers.
 
-Each connection runs its own sender (queue → socket, with a send timeout) and receiver
-(which only notices the browser leaving); a stalled browser only stalls itself.
+Each connection runs its own sender (queue → socket, its sends bounded by the process's
+``SendWatchdog``) and receiver (which only notices the browser leaving); a stalled browser
+only stalls itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Final
 
 from starlette.routing import WebSocketRoute
@@ -24,6 +26,7 @@ from broker.errors import JobcastError, UnknownJob
 from broker.jobs import is_job_id
 from web.errors import NO_SUCH_JOB, error_response
 from web.relay import Cursor, Message, Watch, clone_join, is_final, snapshot_message
+from web.send_watchdog import SendGuard, SendWatchdog
 from web.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,18 +99,26 @@ async def _stream(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], 
 
 
 async def _send_all(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
+    watchdog: SendWatchdog = websocket.state.watchdog
+    with watchdog.guard() as guard:
+        await _send_stream(websocket, watch, guard, snapshot, after)
+
+
+async def _send_stream(
+    websocket: WebSocket, watch: Watch, guard: SendGuard, snapshot: dict[str, Any], after: int | None
+) -> None:
     settings: Settings = websocket.state.settings
     joined = clone_join(snapshot, watch.drain(), after)
     cursor = Cursor.after_join(snapshot, joined, after)
     for message in joined:
-        await send_message(websocket, message, settings.send_timeout_s)
+        await send_message(websocket, message, guard)
     if any(is_final(message) for message in joined):
         return await websocket.close(code=1000)
     while True:
         update = await _next_message(websocket, watch, settings.resync_s)
         if not cursor.admit(update):
             continue
-        await send_message(websocket, update, settings.send_timeout_s)
+        await send_message(websocket, update, guard)
         if is_final(update):
             return await websocket.close(code=1000)
 
@@ -134,11 +145,14 @@ async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> 
         raise
 
 
-async def send_message(websocket: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
-    """Send one message as JSON text (encoded once for a relay ``Message``), bounded in time."""
+async def send_message(websocket: WebSocket, message: dict[str, Any], guard: SendGuard) -> None:
+    """Send one message as JSON text (encoded once for a relay ``Message``), watched by ``guard``."""
     text = message.text() if isinstance(message, Message) else json.dumps(message, separators=(",", ":"))
-    async with asyncio.timeout(timeout_s):
+    guard.began = time.monotonic()
+    try:
         await websocket.send_text(text)
+    finally:
+        guard.began = 0.0
 
 
 async def receive_until_gone(websocket: WebSocket) -> None:
