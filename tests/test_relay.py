@@ -278,3 +278,27 @@ def test_a_message_is_encoded_once_for_all_its_watchers() -> None:
     text = message.text()
     assert json.loads(text) == dict(message)
     assert message.text() is text, "the second watcher reuses the first one's encoding"
+
+
+def test_a_quiet_watch_is_woken_once_and_a_busy_one_is_not() -> None:
+    async def scenario() -> None:
+        context = zmq.asyncio.Context()
+        relay = Relay(context, f"ipc://{tempfile.mkdtemp(prefix='jc-')}/none")
+        try:
+            async with relay.watch(JOB) as quiet, relay.watch(OTHER) as busy:
+                waiting = asyncio.create_task(quiet.get())
+                await asyncio.sleep(0)
+                start = quiet.last_push
+                busy.last_push = start + 4.0  # an event 4 s in
+                assert relay.wake_quiet(start + 4.9, quiet_s=5.0) == 0
+                assert relay.wake_quiet(start + 5.0, quiet_s=5.0) == 1  # only the quiet one
+                assert await asyncio.wait_for(waiting, 5) is None  # its reader resyncs
+                assert relay.wake_quiet(start + 6.0, quiet_s=5.0) == 0  # once per quiet spell
+                relay.dispatch(encode(event(1)))
+                assert (await asyncio.wait_for(quiet.get(), 5) or {}).get("seq") == 1
+                assert not busy.quiet and busy.buffer.items == type(busy.buffer.items)()
+        finally:
+            relay.close()
+            context.term()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))

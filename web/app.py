@@ -95,6 +95,7 @@ def jobcast_lifespan(
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(relay.run(), name="jobcast-relay")
                 stalls = group.create_task(watchdog.run(), name="jobcast-send-watchdog")
+                quiet = group.create_task(relay.sweep_quiet(settings.resync_s), name="jobcast-quiet-sweep")
                 hub = DashboardHub(relay, client)  # shared by this process's dashboard sockets
                 try:
                     limits = Limits.from_settings(settings)
@@ -104,6 +105,7 @@ def jobcast_lifespan(
                 finally:
                     reader.cancel()
                     stalls.cancel()
+                    quiet.cancel()
                     await hub.close()
         finally:
             await callbacks.aclose()

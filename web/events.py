@@ -100,43 +100,32 @@ async def _stream(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], 
 
 async def _send_all(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
     watchdog: SendWatchdog = websocket.state.watchdog
-    with watchdog.guard() as guard:
-        await _send_stream(websocket, watch, guard, snapshot, after)
-
-
-async def _send_stream(
-    websocket: WebSocket, watch: Watch, guard: SendGuard, snapshot: dict[str, Any], after: int | None
-) -> None:
-    settings: Settings = websocket.state.settings
     joined = clone_join(snapshot, watch.drain(), after)
     cursor = Cursor.after_join(snapshot, joined, after)
-    for message in joined:
-        await send_message(websocket, message, guard)
-    if any(is_final(message) for message in joined):
-        return await websocket.close(code=1000)
-    while True:
-        update = await _next_message(websocket, watch, settings.resync_s)
-        if not cursor.admit(update):
-            continue
-        await send_message(websocket, update, guard)
-        if is_final(update):
+    with watchdog.guard() as guard:
+        for message in joined:
+            await send_message(websocket, message, guard)
+        if any(is_final(message) for message in joined):
             return await websocket.close(code=1000)
+        while True:
+            update = await _next_message(websocket, watch)
+            if not cursor.admit(update):
+                continue
+            await send_message(websocket, update, guard)
+            if is_final(update):
+                return await websocket.close(code=1000)
 
 
-async def _next_message(websocket: WebSocket, watch: Watch, resync_s: float) -> dict[str, Any]:
+async def _next_message(websocket: WebSocket, watch: Watch) -> dict[str, Any]:
     """The next queued event; a fresh snapshot after a seq gap or a quiet spell.
 
-    PUB drops under load, so a final state must never depend on a PUB message arriving.
+    PUB drops under load, so a final state must never depend on a PUB message arriving:
+    the relay wakes a watch that has been quiet for ``resync_s`` (``Relay.sweep_quiet``).
     """
     if not watch.needs_resync:
-        queued = watch.get_nowait()  # a busy job: no timer to arm and cancel per message
+        queued = await watch.get()
         if queued is not None:
             return queued
-        try:
-            async with asyncio.timeout(resync_s):  # no task per wait, unlike wait_for
-                return await watch.get()
-        except TimeoutError:
-            pass
     watch.needs_resync = False
     try:
         return snapshot_message(await websocket.state.client.status(watch.job_id))

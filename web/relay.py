@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -221,6 +222,8 @@ class Watch:
         self.job_id = job_id
         self.buffer = KeepLatestBuffer(capacity)
         self.needs_resync = False  # a seq gap on the wire: the caller should refetch
+        self.last_push = time.monotonic()  # for ``Relay.wake_quiet``
+        self.quiet = False  # no event for a while: ``get`` returns None once
         self._last_seq = -1
         self._ready = asyncio.Event()
 
@@ -230,6 +233,8 @@ class Watch:
             self.needs_resync = True
         self._last_seq = max(self._last_seq, event.seq)
         self.buffer.push(message if message is not None else event_message(event))
+        self.last_push = time.monotonic()
+        self.quiet = False
         self._ready.set()
 
     def drain(self) -> list[dict[str, Any]]:
@@ -237,13 +242,17 @@ class Watch:
         self._ready.clear()
         return self.buffer.drain()
 
-    def get_nowait(self) -> dict[str, Any] | None:
-        """The next queued message if there is one, without waiting."""
-        return self.buffer.pop() if self.buffer else None
+    def wake_quiet(self) -> None:
+        """Make a waiting ``get`` return None: the stream has been quiet (see ``Relay``)."""
+        self.quiet = True
+        self._ready.set()
 
-    async def get(self) -> dict[str, Any]:
-        """Wait for the next queued message."""
+    async def get(self) -> dict[str, Any] | None:
+        """The next queued message, waiting for one; None once after a quiet spell."""
         while not self.buffer:
+            if self.quiet:
+                self.quiet = False
+                return None
             self._ready.clear()
             await self._ready.wait()
         return self.buffer.pop()
@@ -269,6 +278,28 @@ class Relay:
             frames = await self.socket.recv_multipart()
             self.received += 1
             self.dispatch(frames)
+
+    def wake_quiet(self, now: float, quiet_s: float) -> int:
+        """Wake every job watch that had no event for ``quiet_s`` (how many).
+
+        PUB drops under load, so a watcher must not wait on the wire forever: a woken
+        watch's ``get`` returns None and its connection reads a fresh snapshot. One sweep
+        for all watches replaces a timer armed and cancelled per message and watcher.
+        """
+        woken = 0
+        for watchers in self.watches.values():
+            for watch in watchers:
+                if isinstance(watch, Watch) and now - watch.last_push >= quiet_s:
+                    watch.last_push = now  # once per quiet spell
+                    watch.wake_quiet()
+                    woken += 1
+        return woken
+
+    async def sweep_quiet(self, quiet_s: float) -> None:
+        """``wake_quiet`` four times per ``quiet_s``, until cancelled."""
+        while True:
+            await asyncio.sleep(quiet_s / 4)
+            self.wake_quiet(time.monotonic(), quiet_s)
 
     def dispatch(self, frames: list[bytes]) -> None:
         """Hand one published message to the watchers of exactly its topic."""
