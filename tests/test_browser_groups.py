@@ -70,3 +70,20 @@ def test_job_log_is_shown_live_and_escaped(web_stack: WebStack, page: Any) -> No
     assert page.evaluate("() => window.pwned") is None
     assert page.locator(".jobcast-log script, .jobcast-log img, .jobcast-log b").count() == 0
     assert not page.dialogs
+
+
+def test_cancel_on_the_group_page_cancels_every_unfinished_child(web_stack: WebStack, page: Any) -> None:  # noqa: F811
+    args = [{"seconds": 20 + i / 1000, "steps": 200} for i in range(4)]
+    group = httpx.post(f"{web_stack.url}/api/groups", json={"task": "slow", "args": args}, timeout=10).json()
+    page.goto(f"{web_stack.url}/groups/{group['id']}")
+    page.wait_for_selector("[data-jobcast-kind=group][data-jobcast-state=running]")
+    page.locator("[data-jobcast-kind=group] .jobcast-cancel").click()
+    page.wait_for_selector("[data-jobcast-kind=group][data-jobcast-state=cancelled]", timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-jobcast-child][data-jobcast-state=cancelled]').length === 4"
+    )
+    assert page.locator("[data-jobcast-kind=group] .jobcast-cancel").is_disabled()
+    children = httpx.get(f"{web_stack.url}/api/groups/{group['id']}").json()["children"]
+    states = {httpx.get(f"{web_stack.url}/api/jobs/{row['id']}").json()["state"] for row in children}
+    assert states == {"cancelled"}
+    assert not page.console_errors and not page.dialogs

@@ -16,7 +16,8 @@
  * A job's log lines (job.log in the task) appear under its bar as text, never as HTML.
  * A group (many jobs, one bar): <div data-jobcast-job="GROUP_ID" data-jobcast-kind="group"
  * data-jobcast-children="LIST_ID"> keeps the rows [data-jobcast-child="JOB_ID"] inside the
- * element LIST_ID up to date (state, a small bar, done / total).
+ * element LIST_ID up to date (state, a small bar, done / total); its Cancel (with
+ * data-jobcast-cancel="true") cancels every child that has not finished.
  *
  * Protocol: WS {base}api/jobs/{id}/events?after=SEQ sends a snapshot, then events
  * ({seq, state, done, total, message, eta_s, error}, plus position and starts_in_s while
@@ -330,7 +331,7 @@
   Bar.prototype.cancel = function () {
     var self = this;
     this.cancelButton.disabled = true;
-    fetch(this.url("api/jobs/" + encodeURIComponent(this.id)), {
+    fetch(this.url(this.apiPath), {  // a group's DELETE cancels every unfinished child
       method: "DELETE", headers: { Accept: "application/json" }
     }).then(function (response) {
       if (!response.ok) {
