@@ -18,6 +18,7 @@ import time
 from typing import IO, Final
 
 from broker.addresses import broker_url
+from broker.up_keys import UpKeys, prepare_up_keys
 
 STOP_GRACE_S: Final = 8.0
 READY_TIMEOUT_S: Final = 30.0
@@ -58,33 +59,42 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parts: list[Part] = []
     try:
-        url = _start_all(args, parts)
+        keys = prepare_up_keys(args.curve_dir) if args.curve_dir else None
+        url = _start_all(args, parts, keys)
         print(f"jobcast up ready {url} (broker {args.broker}, {args.workers} workers)", flush=True)
         if args.dashboard_token:
             print(f"dashboard: {url}/dashboard (sign in with the token)", flush=True)
+        if keys is not None:
+            print(f"CURVE on: workers elsewhere take --curve-server {keys.broker_public}; "
+                  f"enrol their .key in {keys.allow_dir}", flush=True)  # fmt: skip
         while not stop.wait(0.5):
             dead = [part.name for part in parts if part.proc.poll() is not None]
             if dead:
                 print(f"jobcast up: {', '.join(dead)} exited; stopping", file=sys.stderr)
                 return 1
         return 0
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, OSError) as exc:
         print(f"jobcast up: {exc}", file=sys.stderr)
         return 1
     finally:
         _stop_all(parts)
 
 
-def _start_all(args: argparse.Namespace, parts: list[Part]) -> str:
+def _start_all(args: argparse.Namespace, parts: list[Part], keys: UpKeys | None) -> str:
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBCAST_BROKER": args.broker}
     if args.dashboard_token:  # to the web part by environment: not on its command line
         env["JOBCAST_DASHBOARD_TOKEN"] = args.dashboard_token
+    curve_argv = keys.broker_argv() if keys else []
     broker = Part(
-        "broker", [python, "-m", "broker.cli", "broker", "--broker", args.broker, "--data", args.data], env
+        "broker",
+        [python, "-m", "broker.cli", "broker", "--broker", args.broker, "--data", args.data, *curve_argv],
+        env,
     )
     parts.append(broker)
     broker.wait_ready(READY_TIMEOUT_S)
+    if keys is not None:  # the web server and the workers are the broker's CURVE clients
+        env.update(keys.client_env())
     web = Part(
         "web",
         [
@@ -157,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
         help="data dir (default $JOBCAST_DATA or ./.jobcast)",
     )
     parser.add_argument("--broker", default=broker_url(), help="broker base URL")
+    parser.add_argument(
+        "--curve-dir",
+        default=None,
+        metavar="DIR",
+        help="CURVE keys for a broker off loopback: made in DIR on first use, then reused "
+        "(broker.key for peers, allow/ for their keys)",
+    )
     parser.add_argument(
         "--dashboard-token",
         default=None,

@@ -8,7 +8,12 @@ import socket
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from helpers import ReadyProcess, children_of, jobcast, pid_alive, wait_for
+from test_security_wire import free_base_port
+
+from broker.client import Client
+from broker.security import client_keys, create_key_pair
 
 
 def test_up_serves_the_demo_and_stops_cleanly(
@@ -42,3 +47,70 @@ def test_up_serves_the_demo_and_stops_cleanly(
             probe.bind(("127.0.0.1", port))  # the port is released
     finally:
         up.stop()
+
+
+def test_up_with_curve_dir_runs_off_loopback_and_lets_only_enrolled_keys_in(
+    tmpdir_short: str, part_env: dict[str, str]
+) -> None:
+    keys_dir, data = os.path.join(tmpdir_short, "keys"), os.path.join(tmpdir_short, "data")
+    port = free_base_port()
+    up = ReadyProcess(
+        jobcast(
+            "up",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--broker",
+            f"tcp://0.0.0.0:{port}",
+            "--data",
+            data,
+            "--curve-dir",
+            keys_dir,
+        ),  # fmt: skip
+        env=part_env,
+        ready_timeout_s=60,
+    )
+    try:
+        url = up.ready_line.split(" ready ", 1)[1].split()[0]
+        assert os.stat(os.path.join(keys_dir, "broker.key_secret")).st_mode & 0o077 == 0
+        path = "/reports/report?region=eu&year=2026&steps=2&step_s=0.05"  # web and worker use CURVE
+        first = httpx.get(url + path, timeout=10)
+        job_id = urlsplit(first.headers["location"]).path.rsplit("/", 1)[1]
+        wait_for(
+            lambda: httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()["state"] == "done", timeout_s=30
+        )
+        broker = f"tcp://127.0.0.1:{port}"
+        local = client_keys(os.path.join(keys_dir, "local.key_secret"), os.path.join(keys_dir, "broker.key"))
+        with Client(broker, timeout_s=5, curve=local) as client:
+            assert client.status(job_id)["state"] == "done"
+        _, stranger_secret = create_key_pair(os.path.join(tmpdir_short, "other"), "stranger")
+        stranger = client_keys(stranger_secret, os.path.join(keys_dir, "broker.key"))
+        with Client(broker, timeout_s=2, curve=stranger) as client, pytest.raises(TimeoutError):
+            client.status(job_id)  # a key outside allow/ is never let in
+        up.signal(signal.SIGTERM)
+        assert up.wait(timeout_s=20) == 0
+    finally:
+        up.stop()
+    again = ReadyProcess(
+        jobcast(
+            "up",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--broker",
+            f"tcp://127.0.0.1:{port}",
+            "--data",
+            data,
+            "--curve-dir",
+            keys_dir,
+        ),  # fmt: skip
+        env=part_env,
+        ready_timeout_s=60,
+    )
+    try:  # a restart reuses the keys: the result is still there for the same local key
+        with Client(f"tcp://127.0.0.1:{port}", timeout_s=5, curve=local) as client:
+            assert client.status(job_id)["state"] == "done"
+    finally:
+        again.stop()
