@@ -4,21 +4,25 @@ The broker learns schedules from the workers' ``Ready`` options and submits one 
 args) when one is due. A schedule that fell behind (the broker was down or stalled) runs
 once, then continues from now: never a burst of missed runs. The last run of each task is
 journaled, so a restarted broker knows whether a run was missed while it was down.
-Cron specs are read in UTC.
+Cron specs are read in UTC, or in the IANA time zone given as ``tz`` ("Europe/Paris"):
+"0 6 * * *" then means 06:00 there, summer and winter (croniter follows the zone's DST).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter  # pure date arithmetic: no I/O
 
 MIN_EVERY_S: Final = 0.1
 MAX_EVERY_S: Final = 366 * 86400.0
 MAX_CRON_CHARS: Final = 200
+MAX_TZ_CHARS: Final = 64
 RUN_KEY_PREFIX: Final = "periodic:"  # journal meta key of a task's last run
 
 
@@ -28,6 +32,7 @@ class Spec:
 
     every_s: float | None = None
     cron: str | None = None
+    tz: str | None = None  # the cron spec's IANA time zone (None: UTC)
 
     def next_after(self, wall: float, previous: float | None = None) -> float:
         """The first run time strictly after ``wall``; ``every`` keeps ``previous``'s phase."""
@@ -36,7 +41,7 @@ class Spec:
                 return wall + self.every_s
             steps = max(math.floor((wall - previous) / self.every_s) + 1, 1)
             return previous + steps * self.every_s
-        start = datetime.fromtimestamp(wall, UTC)
+        start = datetime.fromtimestamp(wall, zone(self.tz) if self.tz else UTC)
         return float(croniter(self.cron, start).get_next(float))
 
 
@@ -44,15 +49,34 @@ def spec_from_options(options: Any) -> Spec | None:
     """The schedule a worker declared for one task, or None (none, or malformed)."""
     if not isinstance(options, dict):
         return None
-    every, cron = options.get("every_s"), options.get("cron")
+    every, cron, tz = options.get("every_s"), options.get("cron"), options.get("tz")
     if isinstance(every, int | float) and not isinstance(every, bool):
         return Spec(every_s=float(every)) if MIN_EVERY_S <= every <= MAX_EVERY_S else None
-    return Spec(cron=cron) if isinstance(cron, str) and is_valid_cron(cron) else None
+    if tz is not None and not (isinstance(tz, str) and is_valid_timezone(tz)):
+        return None
+    return Spec(cron=cron, tz=tz) if isinstance(cron, str) and is_valid_cron(cron) else None
 
 
 def is_valid_cron(spec: str) -> bool:
     """Whether ``spec`` is a cron expression croniter accepts (5 or 6 fields)."""
     return len(spec) <= MAX_CRON_CHARS and bool(croniter.is_valid(spec))
+
+
+def is_valid_timezone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone known here ("Europe/Paris", "UTC")."""
+    if not name or len(name) > MAX_TZ_CHARS:
+        return False
+    try:
+        zone(name)
+    except (ZoneInfoNotFoundError, ValueError):  # ValueError: a path-like name
+        return False
+    return True
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> tzinfo:
+    """The time zone ``name`` (read once from the system's zone data)."""
+    return ZoneInfo(name)
 
 
 class PeriodicSchedules:

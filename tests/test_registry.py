@@ -47,12 +47,14 @@ def test_defaults_are_designs(scratch: list[str]) -> None:
 def test_scheduling_options_are_announced_only_when_set(scratch: list[str]) -> None:
     task("t_limited", concurrency=2, every=30)(lambda job: None)
     task("t_cron", cron="*/5 * * * *")(lambda job: None)
-    scratch.extend(["t_limited", "t_cron"])
+    task("t_paris", cron="0 6 * * *", tz="Europe/Paris")(lambda job: None)
+    scratch.extend(["t_limited", "t_cron", "t_paris"])
     options = registry.options()
     assert options["t_limited"] == {
         "ttl_s": 86400.0, "timeout_s": None, "max_attempts": 3, "concurrency": 2, "every_s": 30.0,
     }  # fmt: skip
     assert options["t_cron"]["cron"] == "*/5 * * * *" and "every_s" not in options["t_cron"]
+    assert "tz" not in options["t_cron"] and options["t_paris"]["tz"] == "Europe/Paris"
 
 
 def test_unknown_task_names_the_known_ones(scratch: list[str]) -> None:
@@ -76,6 +78,10 @@ def test_unknown_task_names_the_known_ones(scratch: list[str]) -> None:
         ({"every": "5"}, "every must be 0.1"),
         ({"cron": "every five minutes"}, "cron must be a cron spec"),
         ({"every": 5, "cron": "* * * * *"}, "every or cron, not both"),
+        ({"tz": "Europe/Paris"}, "give cron too"),
+        ({"cron": "0 6 * * *", "tz": "Mars/Olympus"}, "tz must be an IANA time zone"),
+        ({"cron": "0 6 * * *", "tz": "../../etc/passwd"}, "tz must be an IANA time zone"),
+        ({"cron": "0 6 * * *", "tz": 2}, "tz must be an IANA time zone"),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict[str, Any], match: str) -> None:

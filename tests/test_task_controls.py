@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -273,7 +274,23 @@ def test_cron_spec_runs_on_its_minutes_in_utc() -> None:
     assert schedules.next_due() == 1_700_000_400.0
 
 
-@pytest.mark.parametrize("options", [{"every_s": 0}, {"every_s": True}, {"cron": "nope"}, {"cron": 5}, "x"])
+def test_cron_in_a_time_zone_follows_its_daylight_saving_time() -> None:
+    paris = Spec(cron="0 6 * * *", tz="Europe/Paris")
+    winter = datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp()
+    summer = datetime(2026, 7, 15, 12, 0, tzinfo=UTC).timestamp()
+    assert paris.next_after(winter) == datetime(2026, 1, 16, 5, 0, tzinfo=UTC).timestamp()  # UTC+1
+    assert paris.next_after(summer) == datetime(2026, 7, 16, 4, 0, tzinfo=UTC).timestamp()  # UTC+2
+    spring_forward = datetime(2026, 3, 28, 12, 0, tzinfo=UTC).timestamp()  # the 29th has 23 hours
+    assert paris.next_after(spring_forward) == datetime(2026, 3, 29, 4, 0, tzinfo=UTC).timestamp()
+    schedules = PeriodicSchedules()
+    schedules.learn(["daily"], {"daily": {"cron": "0 6 * * *", "tz": "Europe/Paris"}}, now_wall=winter)
+    assert schedules.next_due() == datetime(2026, 1, 16, 5, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("options", [{"every_s": 0}, {"every_s": True}, {"cron": "nope"}, {"cron": 5}, "x",
+                                     {"cron": "0 6 * * *", "tz": "Nowhere/Land"},
+                                     {"cron": "0 6 * * *", "tz": "/etc/passwd"},
+                                     {"cron": "0 6 * * *", "tz": ["UTC"]}])  # fmt: skip
 def test_malformed_schedules_from_a_worker_are_ignored(options: Any) -> None:
     schedules = PeriodicSchedules()
     schedules.learn(["tick"], {"tick": options}, now_wall=0.0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from broker.errors import BadArguments, JobcastError, UnknownTask
 from broker.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TTL_S, check_task_name
-from broker.periodic import MAX_EVERY_S, MIN_EVERY_S, is_valid_cron
+from broker.periodic import MAX_EVERY_S, MIN_EVERY_S, is_valid_cron, is_valid_timezone
 
 if TYPE_CHECKING:
     from workers.context import Job
@@ -43,10 +43,12 @@ class TaskSpec:
     concurrency: int | None = None
     every_s: float | None = None
     cron: str | None = None
+    tz: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The defaults announced to the broker in ``Ready.options``."""
-        scheduling = {"concurrency": self.concurrency, "every_s": self.every_s, "cron": self.cron}
+        scheduling = {"concurrency": self.concurrency, "every_s": self.every_s, "cron": self.cron,
+                      "tz": self.tz}  # fmt: skip
         return {"ttl_s": self.ttl_s, "timeout_s": self.timeout_s, "max_attempts": self.max_attempts,
                 **{name: value for name, value in scheduling.items() if value is not None}}  # fmt: skip
 
@@ -67,22 +69,24 @@ def task(
     concurrency: int | None = None,
     every: float | None = None,
     cron: str | None = None,
+    tz: str | None = None,
 ) -> Callable[[F], F]:
     """Register ``fn(job, **args)`` as the task ``name`` (ttl, timeout and every in seconds).
 
     ``concurrency=N`` runs at most N of its jobs at once across all workers; ``every`` or
-    ``cron`` (UTC) makes the broker submit a run with empty args on that schedule.
+    ``cron`` makes the broker submit a run with empty args on that schedule. A cron spec
+    is read in UTC, or in the IANA time zone ``tz`` (``tz="Europe/Paris"``, DST followed).
 
     Raises:
         ValueError: a bad name or option, or the name taken by another function.
     """
     spec_options = _checked_options(name, ttl, timeout, max_attempts)
-    schedule = _checked_schedule(name, concurrency, every, cron)
+    limit, every_s, cron, tz = _checked_schedule(name, concurrency, every, cron, tz)
 
     def register(fn: F) -> F:
         if not callable(fn):
             raise TypeError(f"@task({name!r}) must decorate a function (got {fn!r})")
-        _register(TaskSpec(name, fn, *spec_options, *schedule))
+        _register(TaskSpec(name, fn, *spec_options, concurrency=limit, every_s=every_s, cron=cron, tz=tz))
         return fn
 
     return register
@@ -107,8 +111,8 @@ def _checked_options(
 
 
 def _checked_schedule(
-    name: str, concurrency: int | None, every: float | None, cron: str | None
-) -> tuple[int | None, float | None, str | None]:
+    name: str, concurrency: int | None, every: float | None, cron: str | None, tz: str | None
+) -> tuple[int | None, float | None, str | None, str | None]:
     if concurrency is not None and (
         isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
     ):
@@ -125,7 +129,11 @@ def _checked_schedule(
         )
     if cron is not None and (not isinstance(cron, str) or not is_valid_cron(cron)):
         raise ValueError(f"task {name!r}: cron must be a cron spec like '*/5 * * * *' (got {cron!r})")
-    return concurrency, None if every is None else float(every), cron
+    if tz is not None and cron is None:
+        raise ValueError(f"task {name!r}: tz is the time zone of a cron spec; give cron too")
+    if tz is not None and (not isinstance(tz, str) or not is_valid_timezone(tz)):
+        raise ValueError(f"task {name!r}: tz must be an IANA time zone like 'Europe/Paris' (got {tz!r})")
+    return concurrency, None if every is None else float(every), cron, tz
 
 
 def _register(spec: TaskSpec) -> None:
