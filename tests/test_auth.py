@@ -48,3 +48,6 @@ def test_token_rules() -> None:
         with pytest.raises(ValueError, match="at least 16 printable ASCII"):
             check_dashboard_token(bad)
     assert TOKEN not in repr(Settings(dashboard_token=TOKEN))
+    with pytest.raises(ValueError, match="the metrics token must be at least 16"):
+        Settings(metrics_token="short")
+    assert TOKEN not in repr(Settings(metrics_token=TOKEN))

@@ -130,3 +130,21 @@ def test_metrics_endpoint_counts_real_jobs(
     assert value("jobcast_broker_invalid_messages_total") >= 1
     assert value("jobcast_broker_submitted_total") == 7
     assert not [name for name, _ in samples if name.startswith(("python_", "process_"))]  # own registry
+
+
+def test_a_metrics_token_keeps_scrapers_without_it_out(
+    start_broker: Callable[..., ReadyProcess], start_web: Callable[..., WebServer]
+) -> None:
+    start_broker()
+    token = "scrape-" + "x" * 24
+    web = start_web(env={"JOBCAST_METRICS_TOKEN": token, "JOBCAST_NOT_FOUND_BURST": "3",
+                         "JOBCAST_NOT_FOUND_RATE": "0.01"})  # fmt: skip
+    bare = httpx.get(f"{web.url}/metrics", timeout=10)
+    assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer"
+    good = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert good.status_code == 200 and "jobcast_workers" in good.text
+    wrong = [
+        httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {token}y"}, timeout=10).status_code
+        for _ in range(5)
+    ]
+    assert wrong[:3] == [401, 401, 401] and wrong[-1] == 429  # guessing is rate-limited

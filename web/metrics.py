@@ -26,8 +26,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+
+from web.auth import bearer, check_guess_rate, count_wrong_guess, token_matches
+from web.settings import Settings
 
 SCRAPE_TIMEOUT_S: Final = 5.0
 LIVE_STATES: Final = ("queued", "running")
@@ -116,7 +119,21 @@ class MetricsExporter:
 
 
 async def metrics(request: Request) -> Response:
-    """``GET /metrics``: Prometheus text format (503 while the broker does not answer)."""
+    """``GET /metrics``: Prometheus text format (503 while the broker does not answer).
+
+    With ``JOBCAST_METRICS_TOKEN`` set, only ``Authorization: Bearer TOKEN`` gets in (401
+    otherwise; wrong tokens spend the client's guess bucket, then 429).
+    """
+    settings: Settings = request.state.settings
+    if settings.metrics_token is not None:
+        check_guess_rate(request)
+        presented = bearer(request.headers.get("authorization"))
+        if presented is None or not token_matches(settings.metrics_token, presented):
+            if presented is not None:
+                count_wrong_guess(request)
+            return PlainTextResponse(
+                "metrics need Authorization: Bearer TOKEN", 401, headers={"WWW-Authenticate": "Bearer"}
+            )
     figures = await asyncio.wait_for(request.state.client.metrics(), SCRAPE_TIMEOUT_S)
     exporter: MetricsExporter = request.state.metrics
     return Response(exporter.render(figures), media_type=CONTENT_TYPE_LATEST)

@@ -40,8 +40,8 @@ def _env_rate(name: str, default: float) -> float:
     return number
 
 
-def check_dashboard_token(token: str | None) -> str | None:
-    """The dashboard token, or None when unset; refuses one too short or with odd characters.
+def check_dashboard_token(token: str | None, what: str = "dashboard") -> str | None:
+    """A token (dashboard, metrics), or None when unset; refuses one too short or odd.
 
     Raises:
         ValueError: fewer than ``MIN_DASHBOARD_TOKEN_CHARS`` characters, or not printable ASCII.
@@ -54,7 +54,7 @@ def check_dashboard_token(token: str | None) -> str | None:
         or " " in token
     ):
         raise ValueError(
-            f"the dashboard token must be at least {MIN_DASHBOARD_TOKEN_CHARS} printable ASCII "
+            f"the {what} token must be at least {MIN_DASHBOARD_TOKEN_CHARS} printable ASCII "
             f"characters without spaces (got {len(token)} characters)"
         )
     return token
@@ -97,8 +97,13 @@ class Settings:
         default_factory=lambda: os.environ.get("JOBCAST_DASHBOARD_TOKEN") or None, repr=False
     )
 
+    metrics_token: str | None = field(
+        default_factory=lambda: os.environ.get("JOBCAST_METRICS_TOKEN") or None, repr=False
+    )
+
     def __post_init__(self) -> None:
         check_dashboard_token(self.dashboard_token)
+        check_dashboard_token(self.metrics_token, "metrics")
 
     def with_port(self, port: int) -> Settings:
         """A copy with the real port (after binding port 0)."""
