@@ -41,3 +41,17 @@ def test_the_least_recently_used_page_goes_first() -> None:
     assert hot.get(keys[0], 200.1) == b"0"  # 0 used: 1 is now the oldest
     hot.put(keys[2], b"2", VIEW, 200.1)
     assert hot.get(keys[1], 200.2) is None and hot.get(keys[0], 200.2) == b"0"
+
+
+def test_pages_are_bounded_in_bytes_too() -> None:
+    hot = HotReports(max_bytes=100)
+    spellings = [("", "report", query, "") for query in (b"a=1&b=2", b"b=2&a=1", b"a=%31&b=2")]
+    for key in spellings:
+        hot.put(key, b"x" * 40, VIEW, 200.0)
+    assert hot.bytes == 80 and hot.get(spellings[0], 200.1) is None  # the oldest went
+    assert hot.get(spellings[2], 200.1) == b"x" * 40
+    hot.put(spellings[2], b"y" * 10, VIEW, 200.2)  # replaced, not counted twice
+    assert hot.bytes == 50
+    hot.put(("", "report", b"big", ""), b"z" * 101, VIEW, 200.3)  # larger than the bound
+    assert hot.get(("", "report", b"big", ""), 200.4) is None and hot.bytes == 50
+    assert hot.get(spellings[2], 201.5) is None and hot.bytes == 40  # a cold page frees its bytes
