@@ -29,6 +29,7 @@ from broker.replies import (
     metrics_view,
     published_event,
     submit_message,
+    submit_options,
 )
 from broker.security import ClientKeys, client_keys, configure_client
 
@@ -154,12 +155,7 @@ class AsyncClient:
 
     async def group(self, task: str, args_list: list[dict[str, Any]], **options: Any) -> AsyncGroup:
         """Submit one job per args as one group (see ``Client.group``)."""
-        defaults = {"ttl": None, "force": False, "priority": "normal", "delay": 0.0, "run_at": None,
-                    "scope": "", "max_attempts": None, "timeout": None}  # fmt: skip
-        unknown = set(options) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")
-        msg = group_message(next(self._reqs), task, args_list, **{**defaults, **options})
+        msg = group_message(next(self._reqs), task, args_list, **submit_options(options))
         return AsyncGroup(self, job_view(await self._call(msg)))
 
     async def status(self, job_id: str) -> dict[str, Any]:

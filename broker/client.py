@@ -32,6 +32,7 @@ from broker.replies import (
     metrics_view,
     published_event,
     submit_message,
+    submit_options,
 )
 from broker.security import ClientKeys, client_keys, configure_client
 
@@ -240,9 +241,7 @@ class Client:
         Submissions and waits are pipelined: one round trip for all, not one per job.
         """
         deadline = time.monotonic() + (timeout or 1e9)
-        msgs = [
-            submit_message(next(self._reqs), task, args, **_submit_options(options)) for args in args_list
-        ]
+        msgs = [submit_message(next(self._reqs), task, args, **submit_options(options)) for args in args_list]
         views = [job_view(r) for r in self._call_many(msgs, deadline)]
         finals = self._wait_final([view["id"] for view in views], deadline)
         return [final_result(job_view(reply)) for reply in finals]
@@ -253,7 +252,7 @@ class Client:
         Options are ``submit``'s. All children are checked first: a bad one refuses the
         whole group (its index is named) and nothing is submitted.
         """
-        msg = group_message(next(self._reqs), task, args_list, **_submit_options(options))
+        msg = group_message(next(self._reqs), task, args_list, **submit_options(options))
         return Group(self, job_view(self._call(msg)))
 
     def _wait_final(self, job_ids: list[str], deadline: float) -> list[p.Message]:
@@ -353,20 +352,3 @@ class Client:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _submit_options(options: dict[str, Any]) -> dict[str, Any]:
-    defaults = {
-        "ttl": None,
-        "force": False,
-        "priority": "normal",
-        "delay": 0.0,
-        "run_at": None,
-        "scope": "",
-        "max_attempts": None,
-        "timeout": None,
-    }
-    unknown = set(options) - set(defaults)
-    if unknown:
-        raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")
-    return {**defaults, **options}

@@ -42,6 +42,20 @@ def submit_message(
     )  # fmt: skip
 
 
+def submit_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``submit``'s keyword options with their defaults filled in (for ``map`` and ``group``).
+
+    Raises:
+        TypeError: an option ``submit`` does not take.
+    """
+    defaults = {"ttl": None, "force": False, "priority": "normal", "delay": 0.0, "run_at": None,
+                "scope": "", "max_attempts": None, "timeout": None}  # fmt: skip
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")
+    return {**defaults, **options}
+
+
 def group_message(req: int, task: str, args_list: list[dict[str, Any]], **options: Any) -> p.SubmitGroup:
     """A ``SubmitGroup`` (options as ``submit_message``'s); bad args raise before sending.
 
