@@ -174,6 +174,8 @@ def ratios(ours: dict[str, dict[str, float]], anchors: dict[str, Any]) -> list[d
     fan = _limit_run(anchors.get("ws-fanout", {}), "starlette:websockets-sansio N=1000")
     add("fan-out msgs/s, 1,000 watchers", "fanout.delivered_per_s", "bare Starlette N=1000",
         _m(fan, "msgs_per_s"), "higher is better")
+    add("fan-out web CPU µs per msg", "fanout.web_cpu_us_per_msg", "bare Starlette server CPU µs/msg",
+        _m(fan, "server_cpu_us_per_msg"), "lower is better")  # the load client's speed aside
     add("web KiB per idle watcher", "fanout.kib_per_idle_watcher", "bare Starlette KiB/conn",
         _m(fan, "server_kib_per_idle_conn"), "lower is better")
     http = anchors.get("http", {}).get("impls", {}).get("httptools", {}).get("agg", {})
