@@ -22,6 +22,7 @@ from typing import Any, Final
 FLUSH_AFTER_S: Final = 0.05
 RETRY_AFTER_S: Final = 1.0  # after a failed write: not on every turn
 MAX_WAITING: Final = 1000
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps with options makes one per call
 
 Record = dict[str, Any]
 
@@ -81,4 +82,4 @@ class JournalBatch:
 
 def dump(value: Any) -> str:
     """Compact JSON, as the journal stores it."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)

@@ -173,15 +173,21 @@ PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
     Counters: MAX_RESULT_BYTES,
 }  # fmt: skip
 _CLASS_OF_WORD: Final = {command.value: cls for command, cls in TYPE_OF.items()}
+_WORD_OF: Final = {cls: command.value for cls, command in COMMAND_OF.items()}
+_HEADER_FIELDS: Final = {
+    cls: tuple(f.name for f in fields(cls) if f.name != PAYLOAD_FIELD.get(cls)) for cls in COMMAND_OF
+}
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
+# one encoder and one decoder for every header: json.dumps/loads with options build a new one per call
+_HEADER_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode(msg: Message) -> list[bytes]:
     """Encode a message into its frames (published ones start with the topic)."""
     cls = type(msg)
+    header = {name: getattr(msg, name) for name in _HEADER_FIELDS[cls]}
+    frames = [TAG, _WORD_OF[cls], _dump_header(header)]
     payload_field = PAYLOAD_FIELD.get(cls)
-    header = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != payload_field}
-    frames = [TAG, COMMAND_OF[cls].value, _dump_header(header)]
     if payload_field is not None:
         payload = getattr(msg, payload_field)
         if payload is not None:
@@ -192,7 +198,7 @@ def encode(msg: Message) -> list[bytes]:
 
 
 def _dump_header(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return _HEADER_ENCODER.encode(header).encode()
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -262,8 +268,8 @@ def _check_payload(cls: type[Any], frames: list[bytes]) -> None:
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+    try:  # what json.loads(raw, parse_constant=...) does, with a decoder made once
+        value = _HEADER_DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -275,6 +281,9 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
+_HEADER_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _build(cls: type[Any], values: dict[str, Any]) -> Message:
     checks = _field_checks(cls)
     for name, value in values.items():
@@ -283,7 +292,7 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Message:
             raise ProtocolError(f"{cls.__name__}: unknown field {name!r}")
         if not check(value):
             raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
-        if _has_lone_surrogate(value):
+        if isinstance(value, (str, list)) and _has_lone_surrogate(value):
             raise ProtocolError(f"{cls.__name__}.{name}: lone surrogate in a string")
     try:
         return cls(**values)  # type: ignore[no-any-return]
@@ -306,6 +315,10 @@ def _field_checks(cls: type[Any]) -> dict[str, Check]:
 
 def _type_check(hint: Any) -> Check:
     if isinstance(hint, types.UnionType):
+        simple = _simple_types(typing.get_args(hint))
+        if simple is not None:  # one isinstance for the whole union (decode is hot)
+            accepted, bool_ok = simple
+            return lambda value: isinstance(value, accepted) and (bool_ok or not isinstance(value, bool))
         options = [_type_check(option) for option in typing.get_args(hint)]
         return lambda value: any(check(value) for check in options)
     if hint is type(None):
@@ -320,6 +333,18 @@ def _type_check(hint: Any) -> Check:
         check_item = _type_check(item)
         return lambda value: isinstance(value, list) and all(check_item(v) for v in value)
     return lambda value: isinstance(value, origin)
+
+
+def _simple_types(options: tuple[Any, ...]) -> tuple[tuple[type, ...], bool] | None:
+    """A union of plain classes as one isinstance tuple, and whether it takes a bool;
+    None when an option needs more than isinstance (a ``list[...]`` checks its items)."""
+    accepted: list[type] = []
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is list or not isinstance(origin, type):
+            return None
+        accepted += [int, float] if origin is float else [origin]  # an int is a valid float
+    return tuple(accepted), bool in options
 
 
 def _has_lone_surrogate(value: Any) -> bool:

@@ -38,6 +38,7 @@ ID_BATCH: Final = 500  # ids per query (SQLite allows 999 parameters on old buil
 VIEW_END: Final = b"\n"  # compact JSON never holds a raw newline: the view ends at the first one
 HAS_RESULT: Final = b"R"
 NO_RESULT: Final = b"-"
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps with options makes one per call
 
 
 class SafeDisk(diskcache.Disk):  # type: ignore[misc]
@@ -275,4 +276,4 @@ def unpack_finished(value: bytes) -> tuple[dict[str, Any], bytes | None | Legacy
 
 
 def _dump(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _COMPACT.encode(value).encode()
