@@ -156,7 +156,7 @@ class BrokerState:
     def _send_worker(self, peer: bytes, msg: p.Message, now: float) -> None:
         slot = self.workers.get(peer)
         if slot is not None:
-            slot.liveness.on_sent(now)
+            self.workers.sent(slot, now)
         self.out.to_worker(peer, msg)
 
     def _invalid(self, peer: bytes, exc: ProtocolError, *, to_worker: bool) -> None:
