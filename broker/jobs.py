@@ -73,6 +73,7 @@ class Job:
     watchers: int = 1
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    view_json: bytes | None = None  # the final view, encoded once when the job ended
 
     @property
     def is_final(self) -> bool:

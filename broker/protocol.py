@@ -200,6 +200,18 @@ def _dump_header(header: dict[str, Any]) -> bytes:
     return _HEADER_ENCODER.encode(header).encode()
 
 
+def encode_view(view: dict[str, Any]) -> bytes:
+    """A job view encoded as a ``Snapshot`` header holds it (for ``encode_snapshot``)."""
+    return _dump_header(view)
+
+
+def encode_snapshot(req: int, view_json: bytes, result: bytes | None) -> list[bytes]:
+    """The frames of ``Snapshot(req=req, job=view, result=result)`` for a view encoded by
+    ``encode_view``: a final job's view is encoded once for its stored row and every reply."""
+    frames = [TAG, _WORD_OF[Snapshot], b'{"req":%d,"job":%s}' % (req, view_json)]
+    return frames if result is None else [*frames, result]
+
+
 def decode(frames: list[bytes]) -> Message:
     """Decode frames into a message.
 

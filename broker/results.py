@@ -267,7 +267,7 @@ def inside(directory: str, filename: str) -> str:
 
 def _rows(rec: StoreResult) -> list[tuple[str, bytes, float]]:
     """The cache rows of one finished job: key, value, seconds to expiry."""
-    rows = [(f"job:{rec.job_id}", pack_finished(rec.view, rec.result), rec.retention_s)]
+    rows = [(f"job:{rec.job_id}", pack_finished(rec.view, rec.result, rec.view_json), rec.retention_s)]
     if rec.cache_key is not None:
         rows.append((f"key:{rec.cache_key}", rec.job_id.encode(), rec.ttl_s))
     if rec.spec is not None:
@@ -282,9 +282,11 @@ class Legacy:
 LEGACY: Final = Legacy()
 
 
-def pack_finished(view: dict[str, Any], result: bytes | None) -> bytes:
-    """One row for a finished job: its compact JSON view, a newline, then ``R`` + result or ``-``."""
-    return _dump(view) + VIEW_END + (NO_RESULT if result is None else HAS_RESULT + result)
+def pack_finished(view: dict[str, Any], result: bytes | None, view_json: bytes | None = None) -> bytes:
+    """One row for a finished job: its compact JSON view (``view_json`` if already encoded),
+    a newline, then ``R`` + result or ``-``."""
+    head = _dump(view) if view_json is None else view_json
+    return head + VIEW_END + (NO_RESULT if result is None else HAS_RESULT + result)
 
 
 def unpack_finished(value: bytes) -> tuple[dict[str, Any], bytes | None | Legacy]:

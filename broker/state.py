@@ -142,9 +142,8 @@ class BrokerState:
         self.out.store(job, retention_s(ttl_s), ttl_s)
         self.out.publish(job, now, stamp=False)
         logger.debug("job %s → %s", job.id, state)
-        view = job.view(self.epoch)
         for peer, req in self.waiters.pop(job.id, {}):
-            self.out.to_client(peer, p.Snapshot(req=req, job=view, result=job.result))
+            self.out.snapshot(peer, req, job)
         self._remember_finished(job.id)
 
     def _remember_finished(self, job_id: str) -> None:

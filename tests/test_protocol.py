@@ -361,3 +361,11 @@ def test_an_int_is_a_float_field_but_a_float_is_no_int_field() -> None:
     header = {"req": 1, "task": "echo", "ttl_s": 5}
     assert p.decode(frames_of(p.Submit, header, b"{}")).ttl_s == 5
     refuse(frames_of(p.Stats, {"req": 1.0}), r"Stats\.req: wrong type float")
+
+
+@pytest.mark.parametrize("result", [b'{"total":3}', None], ids=["result", "none"])
+def test_a_snapshot_of_an_encoded_view_has_the_frames_encode_gives(result: bytes | None) -> None:
+    view = {"id": JOB_ID, "state": "done", "message": "Summé\n\"fin\"", "eta_s": 0.0, "error": None}
+    frames = p.encode_snapshot(12, p.encode_view(view), result)
+    assert frames == p.encode(p.Snapshot(req=12, job=view, result=result))
+    assert p.decode(frames) == p.Snapshot(req=12, job=view, result=result)

@@ -26,6 +26,7 @@ from helpers import wait_for
 
 from broker.effects import StoreResult
 from broker.errors import UnsafeStoredData
+from broker.protocol import encode_view
 from broker.results import (
     RESULTS_SUBDIR,
     ResultReader,
@@ -113,6 +114,11 @@ def test_one_row_per_finished_job(store: ResultStore, data_dir: str) -> None:
 def test_pack_finished_round_trips(result: bytes | None) -> None:
     view = {"id": JOB_ID, "message": "line one\nline two", "state": "done"}
     assert unpack_finished(pack_finished(view, result)) == (view, result)
+
+
+def test_a_view_encoded_by_the_core_packs_as_the_view_itself() -> None:
+    view = {"id": JOB_ID, "message": "Summé\n", "state": "done", "eta_s": 0.0}
+    assert pack_finished(view, b"{}", encode_view(view)) == pack_finished(view, b"{}")
 
 
 def test_a_job_row_with_an_unknown_result_part_is_refused() -> None:
