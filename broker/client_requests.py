@@ -109,7 +109,7 @@ class ClientRequests(BrokerState):
         if job is not None and self.controls.place(job, self._wall(now)):
             self.out.publish(job, now)  # its place moved: watchers hear it too
         if job is not None:
-            self.out.to_client(peer, p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
+            self.out.snapshot(peer, req, job)
             return
         group = self.groups.snapshot(req, job_id)
         if group is not None:

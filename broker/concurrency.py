@@ -40,7 +40,10 @@ class ConcurrencyLimits:
 
     def start(self, job_id: str, task: str) -> None:
         """A job of ``task`` started running."""
-        self._running.setdefault(task, set()).add(job_id)
+        running = self._running.get(task)
+        if running is None:
+            running = self._running[task] = set()
+        running.add(job_id)
         self._task_of[job_id] = task
 
     def stop(self, job_id: str) -> None:

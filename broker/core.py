@@ -119,7 +119,10 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             self.counters["invalid_messages"] += 1
             return
         job.done, job.total, job.message = msg.done, msg.total, msg.message[:1000]
-        job.eta_s = self.etas.setdefault(job.id, EtaEstimator()).observe(now, msg.done, msg.total)
+        eta = self.etas.get(job.id)
+        if eta is None:
+            eta = self.etas[job.id] = EtaEstimator()
+        job.eta_s = eta.observe(now, msg.done, msg.total)
         self.out.publish(job, now)
 
     def receive_subscription(self, topic: bytes, now: float, subscribed: bool = True) -> None:

@@ -34,6 +34,7 @@ class StoreResult:
     """Keep a final job: its view and result under its id, its cache key if cacheable.
 
     ``spec`` is what a retry needs (``broker.retry``), kept as long as the view.
+    ``view_json`` is the view already encoded (``protocol.encode_view``), if the core has it.
     """
 
     job_id: str
@@ -43,6 +44,7 @@ class StoreResult:
     cache_key: str | None
     ttl_s: float
     spec: dict[str, Any] | None = None
+    view_json: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class Job:
     watchers: int = 1
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    view_json: bytes | None = None  # the final view, encoded once when the job ended
 
     @property
     def is_final(self) -> bool:
@@ -121,7 +122,7 @@ def canonical_args(args: Any) -> bytes:
         raise BadArguments(f"args must be a JSON object (got {type(args).__name__})")
     _check_value(args, depth=0)
     try:
-        text = json.dumps(args, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text = _CANONICAL.encode(args)
         encoded = text.encode("utf-8")
     except (ValueError, TypeError) as exc:
         raise BadArguments(f"args have no canonical JSON form: {exc}") from None
@@ -172,13 +173,18 @@ def _short(value: int) -> str:
 def parse_args(raw: bytes) -> Any:
     """Parse argument bytes from the wire, rejecting NaN/Infinity and deep nesting."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return _ARGS_DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError) as exc:
         raise BadArguments(f"args are not valid JSON: {exc}") from None
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
+
+
+# made once: json.dumps/loads with options build a new encoder or decoder per call
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+_ARGS_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def cache_key(task: str, args_json: bytes, scope: str = "") -> str:

@@ -22,6 +22,7 @@ from typing import Any, Final
 FLUSH_AFTER_S: Final = 0.05
 RETRY_AFTER_S: Final = 1.0  # after a failed write: not on every turn
 MAX_WAITING: Final = 1000
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps with options makes one per call
 
 Record = dict[str, Any]
 
@@ -45,21 +46,23 @@ class JournalBatch:
         """Take one turn's records; whether everything waiting must be written now, and the meta.
 
         Records are kept as JSON text. Only each job's (and meta key's) last record counts:
-        the write is one atomic transaction, so the ones before it could never be seen. A
-        record with no JSON form raises and leaves nothing of the turn behind.
+        the write is one atomic transaction, so the ones before it could never be seen, and
+        they are not even encoded (a job submitted and assigned in one turn: one record). A
+        record that counts but has no JSON form raises and leaves nothing of the turn behind.
         """
-        jobs: dict[str, str | None] = {}
+        last: dict[str, Record | None] = {}
         meta: dict[str, str] = {}
         urgent = False
         for record in records:
             op = record["op"]
             if op == "put":
-                jobs[record["job"]["id"]] = dump(record["job"])
+                last[record["job"]["id"]] = record["job"]
                 urgent = urgent or not is_update(record["job"])
             elif op == "meta":
                 meta[record["key"]] = dump(record["value"])
             else:
-                jobs[record["id"]] = None
+                last[record["id"]] = None
+        jobs = {job_id: None if job is None else dump(job) for job_id, job in last.items()}
         self.waiting.update(jobs)
         if self.waiting and self.flush_at is None:
             self.flush_at = now + self.flush_after_s
@@ -81,4 +84,4 @@ class JournalBatch:
 
 def dump(value: Any) -> str:
     """Compact JSON, as the journal stores it."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)

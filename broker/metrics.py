@@ -72,7 +72,8 @@ class Metrics:
         return OTHER_TASK
 
     def _figures(self, task: str) -> TaskFigures:
-        return self.tasks.setdefault(self._label(task), TaskFigures())
+        figures = self.tasks.get(task)  # a new TaskFigures only for a task not seen yet
+        return figures if figures is not None else self.tasks.setdefault(self._label(task), TaskFigures())
 
     def started(self, job: Job) -> None:
         """An attempt started (``job.started_at`` set): observe how long it waited."""

@@ -102,7 +102,18 @@ class Outbox:
         key = job.cache_key if ttl_s > 0 else None
         spec = retry_spec(job) if str(job.state) in RETRYABLE else None
         view = job.view(self.epoch)
-        self.effects.append(StoreResult(job.id, view, job.result, retention_s, key, ttl_s, spec))
+        job.view_json = p.encode_view(view)  # a final view does not change: encoded once
+        self.effects.append(
+            StoreResult(job.id, view, job.result, retention_s, key, ttl_s, spec, job.view_json)
+        )
+
+    def snapshot(self, peer: bytes, req: int, job: Job) -> None:
+        """Reply with the job's snapshot (a final job's with the view encoded when it ended)."""
+        if job.view_json is not None:
+            frames = p.encode_snapshot(req, job.view_json, job.result)
+        else:
+            frames = p.encode(p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
+        self.effects.append(SendClient(peer, frames))
 
 
 def _event_extra(job_extra: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any] | None:

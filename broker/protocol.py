@@ -35,10 +35,9 @@ from __future__ import annotations
 import json
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from broker.errors import ProtocolError
 from broker.messages import (
@@ -173,15 +172,21 @@ PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
     Counters: MAX_RESULT_BYTES,
 }  # fmt: skip
 _CLASS_OF_WORD: Final = {command.value: cls for command, cls in TYPE_OF.items()}
+_WORD_OF: Final = {cls: command.value for cls, command in COMMAND_OF.items()}
+_HEADER_FIELDS: Final = {
+    cls: tuple(f.name for f in fields(cls) if f.name != PAYLOAD_FIELD.get(cls)) for cls in COMMAND_OF
+}
 _MAX_BYTES: Final = max(MAX_RESULT_BYTES, MAX_ARGS_BYTES) + MAX_HEADER_BYTES + 1024
+# one encoder and one decoder for every header: json.dumps/loads with options build a new one per call
+_HEADER_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode(msg: Message) -> list[bytes]:
     """Encode a message into its frames (published ones start with the topic)."""
     cls = type(msg)
+    header = {name: getattr(msg, name) for name in _HEADER_FIELDS[cls]}
+    frames = [TAG, _WORD_OF[cls], _dump_header(header)]
     payload_field = PAYLOAD_FIELD.get(cls)
-    header = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != payload_field}
-    frames = [TAG, COMMAND_OF[cls].value, _dump_header(header)]
     if payload_field is not None:
         payload = getattr(msg, payload_field)
         if payload is not None:
@@ -192,7 +197,19 @@ def encode(msg: Message) -> list[bytes]:
 
 
 def _dump_header(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return _HEADER_ENCODER.encode(header).encode()
+
+
+def encode_view(view: dict[str, Any]) -> bytes:
+    """A job view encoded as a ``Snapshot`` header holds it (for ``encode_snapshot``)."""
+    return _dump_header(view)
+
+
+def encode_snapshot(req: int, view_json: bytes, result: bytes | None) -> list[bytes]:
+    """The frames of ``Snapshot(req=req, job=view, result=result)`` for a view encoded by
+    ``encode_view``: a final job's view is encoded once for its stored row and every reply."""
+    frames = [TAG, _WORD_OF[Snapshot], b'{"req":%d,"job":%s}' % (req, view_json)]
+    return frames if result is None else [*frames, result]
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -223,7 +240,7 @@ def _check_bounds(frames: list[bytes]) -> None:
         raise ProtocolError("empty message")
     if len(frames) > MAX_FRAMES:
         raise ProtocolError(f"too many frames: at most {MAX_FRAMES} (got {len(frames)})")
-    total = sum(len(frame) for frame in frames)
+    total = sum(map(len, frames))
     if total > _MAX_BYTES:
         raise ProtocolError(f"message exceeds {_MAX_BYTES} bytes (got {total})")
 
@@ -262,8 +279,12 @@ def _check_payload(cls: type[Any], frames: list[bytes]) -> None:
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
+    # what json.loads(raw, parse_constant=...) does, with a decoder made once; a header
+    # that starts "{" and then a non-zero byte is UTF-8 to json.detect_encoding too
+    utf8 = raw[:1] == b"{" and raw[1:2] != b"\x00"
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        text = raw.decode("utf-8" if utf8 else json.detect_encoding(raw), "surrogatepass")
+        value = _HEADER_DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -275,15 +296,19 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
+_HEADER_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _build(cls: type[Any], values: dict[str, Any]) -> Message:
-    checks = _field_checks(cls)
+    checks = _FIELD_CHECKS[cls]
     for name, value in values.items():
         check = checks.get(name)
         if check is None:
             raise ProtocolError(f"{cls.__name__}: unknown field {name!r}")
-        if not check(value):
-            raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
-        if _has_lone_surrogate(value):
+        kind = type(value)
+        if kind not in check.types or (kind is list and not check.items_ok(value)):
+            raise ProtocolError(f"{cls.__name__}.{name}: wrong type {kind.__name__}")
+        if ((kind is str and not value.isascii()) or kind is list) and _has_lone_surrogate(value):
             raise ProtocolError(f"{cls.__name__}.{name}: lone surrogate in a string")
     try:
         return cls(**values)  # type: ignore[no-any-return]
@@ -291,35 +316,38 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Message:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
 
-Check: TypeAlias = Callable[[Any], bool]
-_FIELD_CHECKS: dict[type[Any], dict[str, Check]] = {}
+@dataclass(frozen=True, slots=True)
+class FieldCheck:
+    """The exact types a field takes (a header is parsed JSON, a payload bytes: no
+    subclasses), and for a ``list[...]`` field the types of its items."""
+
+    types: frozenset[type]
+    items: frozenset[type] = frozenset()
+
+    def items_ok(self, value: list[Any]) -> bool:
+        """Whether every item of a list value has one of the item types."""
+        return all(type(item) in self.items for item in value)
 
 
-def _field_checks(cls: type[Any]) -> dict[str, Check]:
-    """A type check per field of ``cls``, built once from its annotations (decode is hot)."""
-    checks = _FIELD_CHECKS.get(cls)
-    if checks is None:
-        hints = typing.get_type_hints(cls)
-        checks = _FIELD_CHECKS[cls] = {name: _type_check(hint) for name, hint in hints.items()}
-    return checks
+def _field_check(hint: Any) -> FieldCheck:
+    """The check of one annotation: a class, ``X | None``, ``float`` (an int too, never a
+    bool: JSON's 1 is a valid 1.0), ``dict[...]`` (the keys are JSON's), ``list[X]``."""
+    types_ok: set[type] = set()
+    items: frozenset[type] = frozenset()
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if not isinstance(origin, type):
+            raise TypeError(f"no wire check for the annotation {hint!r}")
+        if origin is list:
+            items = _field_check(typing.get_args(option)[0]).types
+        types_ok.update((int, float) if origin is float else (origin,))
+    return FieldCheck(frozenset(types_ok), items)
 
 
-def _type_check(hint: Any) -> Check:
-    if isinstance(hint, types.UnionType):
-        options = [_type_check(option) for option in typing.get_args(hint)]
-        return lambda value: any(check(value) for check in options)
-    if hint is type(None):
-        return lambda value: value is None
-    origin = typing.get_origin(hint) or hint
-    if origin is float:
-        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
-    if origin is int:
-        return lambda value: isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        check_item = _type_check(item)
-        return lambda value: isinstance(value, list) and all(check_item(v) for v in value)
-    return lambda value: isinstance(value, origin)
+_FIELD_CHECKS: Final[dict[type[Any], dict[str, FieldCheck]]] = {
+    cls: {name: _field_check(hint) for name, hint in typing.get_type_hints(cls).items()} for cls in COMMAND_OF
+}
 
 
 def _has_lone_surrogate(value: Any) -> bool:

@@ -78,8 +78,12 @@ class RunTimes:
 
     def record(self, task: str, seconds: float) -> None:
         """Note one finished run of ``task``."""
-        if seconds >= 0:
-            self._runs.setdefault(task, deque(maxlen=RUN_TIME_WINDOW)).append(seconds)
+        if seconds < 0:
+            return
+        runs = self._runs.get(task)
+        if runs is None:
+            runs = self._runs[task] = deque(maxlen=RUN_TIME_WINDOW)
+        runs.append(seconds)
 
     def mean_s(self, task: str) -> float | None:
         """The mean run time, or None before the first run."""

@@ -38,6 +38,19 @@ ID_BATCH: Final = 500  # ids per query (SQLite allows 999 parameters on old buil
 VIEW_END: Final = b"\n"  # compact JSON never holds a raw newline: the view ends at the first one
 HAS_RESULT: Final = b"R"
 NO_RESULT: Final = b"-"
+# The row diskcache's Cache.set writes for a str key and a bytes value kept in the row
+# (raw key, MODE_RAW, size 0), in one statement instead of its SELECT then INSERT or
+# UPDATE; its triggers keep the count and size as for Cache.set. A row whose value is in a
+# file is not updated (rowcount 0): Cache.set replaces it and removes the file.
+UPSERT_RAW_ROW: Final = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
+    " mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, ?, NULL, ?)"
+    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+    " expire_time = excluded.expire_time, access_time = excluded.access_time, access_count = 0,"
+    " tag = NULL, size = 0, mode = excluded.mode, filename = NULL, value = excluded.value"
+    " WHERE Cache.filename IS NULL"
+)
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps with options makes one per call
 
 
 class SafeDisk(diskcache.Disk):  # type: ignore[misc]
@@ -128,18 +141,25 @@ class ResultStore:
 
     def store_many(self, records: Iterable[StoreResult]) -> None:
         """Write finished jobs in one transaction: one row each, and its cache key if any."""
+        now = time.time()
+        records = list(records)  # read twice
+        rows = [row for rec in records for row in _rows(rec)]
         with self.cache.transact():
-            for rec in records:
-                self.cache.set(
-                    f"job:{rec.job_id}", pack_finished(rec.view, rec.result), expire=rec.retention_s
-                )
-                if rec.cache_key is not None:
-                    self.cache.set(f"key:{rec.cache_key}", rec.job_id.encode(), expire=rec.ttl_s)
-                    self.fresh.add(
-                        rec.cache_key, time.time() + rec.ttl_s, time.time()
-                    )  # not before the row's
-                if rec.spec is not None:
-                    self.cache.set(f"spec:{rec.job_id}", _dump(rec.spec), expire=rec.retention_s)
+            for key, value, expire_s in rows:
+                self._put(key, value, expire_s, now)
+        for rec in records:
+            if rec.cache_key is not None:
+                self.fresh.add(rec.cache_key, now + rec.ttl_s, now)  # the row's own expiry
+
+    def _put(self, key: str, value: bytes, expire_s: float, now: float) -> None:
+        """One row as ``Cache.set`` writes it, in one statement when the value fits in the row
+        and no older row of the key keeps its value in a file (else ``Cache.set`` itself)."""
+        if len(value) < self.cache.disk.min_file_size:
+            expire_at = now + expire_s
+            written = self.cache._sql(UPSERT_RAW_ROW, (key, now, expire_at, now, MODE_RAW, value))
+            if written.rowcount == 1:
+                return
+        self.cache.set(key, value, expire=expire_s)
 
     def cull(self) -> int:
         """Drop expired entries, then evict down to the size limit; return how many went."""
@@ -245,6 +265,16 @@ def inside(directory: str, filename: str) -> str:
     return path
 
 
+def _rows(rec: StoreResult) -> list[tuple[str, bytes, float]]:
+    """The cache rows of one finished job: key, value, seconds to expiry."""
+    rows = [(f"job:{rec.job_id}", pack_finished(rec.view, rec.result, rec.view_json), rec.retention_s)]
+    if rec.cache_key is not None:
+        rows.append((f"key:{rec.cache_key}", rec.job_id.encode(), rec.ttl_s))
+    if rec.spec is not None:
+        rows.append((f"spec:{rec.job_id}", _dump(rec.spec), rec.retention_s))
+    return rows
+
+
 class Legacy:
     """The result of a row written before views and results shared one: under ``result:{id}``."""
 
@@ -252,9 +282,11 @@ class Legacy:
 LEGACY: Final = Legacy()
 
 
-def pack_finished(view: dict[str, Any], result: bytes | None) -> bytes:
-    """One row for a finished job: its compact JSON view, a newline, then ``R`` + result or ``-``."""
-    return _dump(view) + VIEW_END + (NO_RESULT if result is None else HAS_RESULT + result)
+def pack_finished(view: dict[str, Any], result: bytes | None, view_json: bytes | None = None) -> bytes:
+    """One row for a finished job: its compact JSON view (``view_json`` if already encoded),
+    a newline, then ``R`` + result or ``-``."""
+    head = _dump(view) if view_json is None else view_json
+    return head + VIEW_END + (NO_RESULT if result is None else HAS_RESULT + result)
 
 
 def unpack_finished(value: bytes) -> tuple[dict[str, Any], bytes | None | Legacy]:
@@ -275,4 +307,4 @@ def unpack_finished(value: bytes) -> tuple[dict[str, Any], bytes | None | Legacy
 
 
 def _dump(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _COMPACT.encode(value).encode()

@@ -142,9 +142,8 @@ class BrokerState:
         self.out.store(job, retention_s(ttl_s), ttl_s)
         self.out.publish(job, now, stamp=False)
         logger.debug("job %s → %s", job.id, state)
-        view = job.view(self.epoch)
         for peer, req in self.waiters.pop(job.id, {}):
-            self.out.to_client(peer, p.Snapshot(req=req, job=view, result=job.result))
+            self.out.snapshot(peer, req, job)
         self._remember_finished(job.id)
 
     def _remember_finished(self, job_id: str) -> None:
@@ -156,7 +155,7 @@ class BrokerState:
     def _send_worker(self, peer: bytes, msg: p.Message, now: float) -> None:
         slot = self.workers.get(peer)
         if slot is not None:
-            slot.liveness.on_sent(now)
+            self.workers.sent(slot, now)
         self.out.to_worker(peer, msg)
 
     def _invalid(self, peer: bytes, exc: ProtocolError, *, to_worker: bool) -> None:

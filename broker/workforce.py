@@ -47,6 +47,9 @@ class Workforce:
         self.heartbeat_s = heartbeat_s
         self._slots: dict[bytes, WorkerSlot] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()
+        # at or before every slot's next deadline; None: to be computed. Checked every loop
+        # turn, so the slots are scanned only once one of them may be due.
+        self._earliest_s: float | None = None
 
     def join(self, peer: bytes, msg: Ready, now: float) -> WorkerSlot:
         """Register a slot that sent Ready; it is idle unless still busy from before."""
@@ -54,6 +57,7 @@ class Workforce:
         slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
         slot.busy_from_before = msg.busy
         self._slots[peer] = slot
+        self._lower_deadline(slot)
         if not msg.busy:
             self._mark_idle(peer)
         return slot
@@ -94,22 +98,42 @@ class Workforce:
         """Record a message from ``slot``; True if it was an idle suspect (now worth a dispatch)."""
         revived = slot.peer in self._idle and self._suspect(slot, now)
         slot.liveness.on_message(now)
+        self._lower_deadline(slot)
         return revived
+
+    def sent(self, slot: WorkerSlot, now: float) -> None:
+        """Record a message sent to ``slot`` (any message counts as a heartbeat)."""
+        slot.liveness.on_sent(now)
+        self._lower_deadline(slot)
+
+    def _lower_deadline(self, slot: WorkerSlot) -> None:
+        if self._earliest_s is not None:
+            self._earliest_s = min(self._earliest_s, slot.liveness.next_deadline())
 
     def _suspect(self, slot: WorkerSlot, now: float) -> bool:
         return now - slot.liveness.last_heard > self.heartbeat_s * SUSPECT_AFTER_INTERVALS
 
     def expired(self, now: float) -> list[WorkerSlot]:
         """Slots silent for longer than their liveness allows."""
+        if now < self.next_deadline():
+            return []
+        self._earliest_s = None  # deadlines move on as slots are heard from and sent to
         return [slot for slot in self._slots.values() if slot.liveness.expired(now)]
 
     def heartbeats_due(self, now: float) -> list[bytes]:
         """Peers that should be sent a heartbeat now."""
+        if now < self.next_deadline():
+            return []
+        self._earliest_s = None
         return [peer for peer, slot in self._slots.items() if slot.liveness.due(now)]
 
     def next_deadline(self) -> float:
-        """The earliest heartbeat or expiry time over all slots."""
-        return min((slot.liveness.next_deadline() for slot in self._slots.values()), default=float("inf"))
+        """The earliest heartbeat or expiry time over all slots (no later than it: a slot
+        heard from since the last scan may be due later than this says)."""
+        if self._earliest_s is None:
+            deadlines = (slot.liveness.next_deadline() for slot in self._slots.values())
+            self._earliest_s = min(deadlines, default=float("inf"))
+        return self._earliest_s
 
     def get(self, peer: bytes) -> WorkerSlot | None:
         """The slot of ``peer``, if connected."""

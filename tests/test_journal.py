@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -119,3 +121,22 @@ def test_a_job_whose_end_was_not_written_is_not_run_again(
     journal = JobJournal(data)
     assert journal.replay() == []
     journal.close()
+
+
+def test_a_journal_made_with_larger_pages_is_still_read_and_written() -> None:
+    directory = tempfile.mkdtemp(prefix="jc-")
+    older = sqlite3.connect(os.path.join(directory, "journal.sqlite3"), isolation_level=None)
+    older.execute("PRAGMA page_size=4096")
+    older.execute("PRAGMA journal_mode=WAL")
+    older.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
+    older.execute("INSERT INTO jobs VALUES ('a', ?)", (json.dumps(put("a")["job"]),))
+    older.close()
+    journal = JobJournal(directory)
+    assert journal.db.execute("PRAGMA page_size").fetchone() == (4096,)  # kept as it was
+    assert list(by_id(journal)) == ["a"]
+    journal.apply([end("a"), put("b")])
+    reader = other_view(journal)
+    assert list(by_id(reader)) == ["b"]
+    reader.close()
+    journal.close()
+    shutil.rmtree(directory, ignore_errors=True)

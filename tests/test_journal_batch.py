@@ -71,3 +71,10 @@ def test_a_record_with_no_json_form_leaves_nothing_of_its_turn() -> None:
     with pytest.raises(TypeError):
         batch.add([end("b"), put("c", 1, bad=object())], now=0.0)
     assert batch.waiting == {"a": None}
+
+
+def test_only_the_record_that_counts_is_encoded() -> None:
+    batch = JournalBatch()
+    urgent, _ = batch.add([put("a", 0, bad=object()), put("a", 1, state="running")], now=0.0)
+    assert urgent  # the first record was a submit, though never encoded: it can never be seen
+    assert batch.waiting == {"a": '{"id":"a","attempts":1,"state":"running"}'}

@@ -345,3 +345,27 @@ def test_rejects_log_lines_not_a_list() -> None:
 
 def test_rejects_log_with_payload_frame() -> None:
     refuse(frames_of(p.Log, {"id": JOB_ID, "attempt": 1, "lines": []}, b"x"), "at most 3 frames")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_a_header_is_read_as_json_loads_reads_bytes(encoding: str) -> None:
+    header = json.dumps({"req": 7, "id": JOB_ID, "é": 1}).encode(encoding)
+    frames = [p.TAG, b"STATUS", header]
+    assert json.loads(header) == {"req": 7, "id": JOB_ID, "é": 1}  # what decode follows
+    refuse(frames, r"Status: unknown field 'é'")
+    ok = json.dumps({"req": 7, "id": JOB_ID}).encode(encoding)
+    assert p.decode([p.TAG, b"STATUS", ok]) == p.Status(req=7, id=JOB_ID)
+
+
+def test_an_int_is_a_float_field_but_a_float_is_no_int_field() -> None:
+    header = {"req": 1, "task": "echo", "ttl_s": 5}
+    assert p.decode(frames_of(p.Submit, header, b"{}")).ttl_s == 5
+    refuse(frames_of(p.Stats, {"req": 1.0}), r"Stats\.req: wrong type float")
+
+
+@pytest.mark.parametrize("result", [b'{"total":3}', None], ids=["result", "none"])
+def test_a_snapshot_of_an_encoded_view_has_the_frames_encode_gives(result: bytes | None) -> None:
+    view = {"id": JOB_ID, "state": "done", "message": "Summé\n\"fin\"", "eta_s": 0.0, "error": None}
+    frames = p.encode_snapshot(12, p.encode_view(view), result)
+    assert frames == p.encode(p.Snapshot(req=12, job=view, result=result))
+    assert p.decode(frames) == p.Snapshot(req=12, job=view, result=result)

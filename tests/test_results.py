@@ -5,6 +5,7 @@ No sockets. This is the one test module that imports pickle: to forge a tampered
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -19,15 +20,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import diskcache  # type: ignore[import-untyped]
 import pytest
 from helpers import wait_for
 
 from broker.effects import StoreResult
 from broker.errors import UnsafeStoredData
+from broker.protocol import encode_view
 from broker.results import (
     RESULTS_SUBDIR,
     ResultReader,
     ResultStore,
+    SafeDisk,
     pack_finished,
     prepare_data_dir,
     unpack_finished,
@@ -112,6 +116,11 @@ def test_pack_finished_round_trips(result: bytes | None) -> None:
     assert unpack_finished(pack_finished(view, result)) == (view, result)
 
 
+def test_a_view_encoded_by_the_core_packs_as_the_view_itself() -> None:
+    view = {"id": JOB_ID, "message": "Summé\n", "state": "done", "eta_s": 0.0}
+    assert pack_finished(view, b"{}", encode_view(view)) == pack_finished(view, b"{}")
+
+
 def test_a_job_row_with_an_unknown_result_part_is_refused() -> None:
     with pytest.raises(UnsafeStoredData, match="unknown result part"):
         unpack_finished(b'{"id":"x"}\nX{}')
@@ -136,6 +145,45 @@ def test_large_result_stored_in_a_file(store: ResultStore, reader: ResultReader)
     store.store_many([record(result=big)])
     assert store.job(JOB_ID) == (record().view, big)
     assert reader.job(JOB_ID) == (record().view, big)
+
+
+COLUMNS = "key, raw, expire_time - store_time, access_count, tag, size, mode, filename, value"
+
+
+def rows_and_totals(cache_dir: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every Cache row (expiry relative to its store time) and diskcache's count and size."""
+    with contextlib.closing(sqlite3.connect(os.path.join(cache_dir, "cache.db"))) as db:
+        rows = db.execute(f"SELECT {COLUMNS} FROM Cache ORDER BY key").fetchall()
+        totals = db.execute("SELECT key, value FROM Settings WHERE key IN ('count', 'size')").fetchall()
+    return [(*row[:2], round(row[2], 3), *row[3:]) for row in rows], sorted(totals)
+
+
+def test_rows_are_written_as_cache_set_writes_them(store: ResultStore, data_dir: str) -> None:
+    big = json.dumps({"rows": ["x" * 100] * 2000}).encode()
+    first = [record(), record("B" * 22, big, cache_key=None)]
+    again = [record(retention_s=60.0, ttl_s=30.0), record("B" * 22, b"{}", cache_key=None)]
+    store.store_many(first)
+    store.store_many(again)  # over a row in the table, and over one whose value was in a file
+    by_set = diskcache.Cache(os.path.join(data_dir, "by_set"), disk=SafeDisk, cull_limit=0)
+    for batch in (first, again):
+        for rec in batch:
+            view = pack_finished(rec.view, rec.result)
+            by_set.set(f"job:{rec.job_id}", view, expire=rec.retention_s)
+            if rec.cache_key is not None:
+                by_set.set(f"key:{rec.cache_key}", rec.job_id.encode(), expire=rec.ttl_s)
+    by_set.close()
+    assert rows_and_totals(store.cache.directory) == rows_and_totals(by_set.directory)
+    assert store.job("B" * 22) == (record("B" * 22).view, b"{}")
+    files = [name for _, _, names in os.walk(store.cache.directory) for name in names]
+    assert not [name for name in files if name.endswith(".val")]  # the big result's file went
+
+
+def test_a_failed_write_leaves_no_row_and_no_fresh_key(store: ResultStore, data_dir: str) -> None:
+    bad = StoreResult("C" * 22, {"id": "C" * 22, "bad": {1, 2}}, None, 60.0, "e" * 64, 60.0)
+    with pytest.raises(TypeError):
+        store.store_many([record(), bad])
+    assert store.job(JOB_ID) is None
+    assert store.job_for_key(KEY) is None and not store.fresh.may_exist(KEY, time.time())
 
 
 def test_reader_before_anything_was_stored(data_dir: str) -> None:

@@ -63,3 +63,23 @@ def test_a_queued_job_waits_for_a_suspect_slot_to_be_heard() -> None:
     quiet = 2 * HEARTBEAT_S  # W1's heartbeats are late (a stalled host, or a slow network)
     assert sent(broker.submit(C1, quiet), W1, p.Assign) == []
     assert_sent(broker.worker(W1, p.Heartbeat(), quiet + 0.1), W1, p.Assign, attempt=1)
+
+
+def test_heartbeats_and_expiry_follow_every_slot_although_the_deadline_is_kept() -> None:
+    workforce = Workforce(heartbeat_s=1.0)
+    first = workforce.join(W1, ready(), 0.0)
+    assert workforce.next_deadline() == 1.0  # W1's heartbeat
+    assert workforce.heartbeats_due(0.75) == [] and workforce.expired(0.75) == []
+    workforce.sent(first, 0.75)
+    workforce.heard(first, 0.75)
+    assert workforce.heartbeats_due(1.0) == []  # sent to at 0.75: the kept 1.0 was early
+    assert workforce.next_deadline() == 1.75
+    second = workforce.join(W2, ready(), 0.5)  # joins later with an earlier deadline
+    assert workforce.next_deadline() == 1.5
+    assert workforce.heartbeats_due(1.5) == [W2]
+    workforce.sent(second, 1.5)
+    assert workforce.heartbeats_due(1.75) == [W1]
+    workforce.sent(first, 1.75)
+    assert workforce.expired(3.5) == []  # W1 heard at 0.75, W2 at 0.5: 3 intervals later
+    assert workforce.expired(3.625) == [second]
+    assert workforce.expired(4.0) == [first, second]
