@@ -38,18 +38,6 @@ ID_BATCH: Final = 500  # ids per query (SQLite allows 999 parameters on old buil
 VIEW_END: Final = b"\n"  # compact JSON never holds a raw newline: the view ends at the first one
 HAS_RESULT: Final = b"R"
 NO_RESULT: Final = b"-"
-# The row diskcache's Cache.set writes for a str key and a bytes value kept in the row
-# (raw key, MODE_RAW, size 0), in one statement instead of its SELECT then INSERT or
-# UPDATE; its triggers keep the count and size as for Cache.set. A row whose value is in a
-# file is not updated (rowcount 0): Cache.set replaces it and removes the file.
-UPSERT_RAW_ROW: Final = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
-    " mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, ?, NULL, ?)"
-    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
-    " expire_time = excluded.expire_time, access_time = excluded.access_time, access_count = 0,"
-    " tag = NULL, size = 0, mode = excluded.mode, filename = NULL, value = excluded.value"
-    " WHERE Cache.filename IS NULL"
-)
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps with options makes one per call
 
 
@@ -146,20 +134,10 @@ class ResultStore:
         rows = [row for rec in records for row in _rows(rec)]
         with self.cache.transact():
             for key, value, expire_s in rows:
-                self._put(key, value, expire_s, now)
+                self.cache.set(key, value, expire=expire_s)
         for rec in records:
             if rec.cache_key is not None:
-                self.fresh.add(rec.cache_key, now + rec.ttl_s, now)  # the row's own expiry
-
-    def _put(self, key: str, value: bytes, expire_s: float, now: float) -> None:
-        """One row as ``Cache.set`` writes it, in one statement when the value fits in the row
-        and no older row of the key keeps its value in a file (else ``Cache.set`` itself)."""
-        if len(value) < self.cache.disk.min_file_size:
-            expire_at = now + expire_s
-            written = self.cache._sql(UPSERT_RAW_ROW, (key, now, expire_at, now, MODE_RAW, value))
-            if written.rowcount == 1:
-                return
-        self.cache.set(key, value, expire=expire_s)
+                self.fresh.add(rec.cache_key, now + rec.ttl_s, now)  # only once the rows committed
 
     def cull(self) -> int:
         """Drop expired entries, then evict down to the size limit; return how many went."""
