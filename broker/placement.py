@@ -17,6 +17,7 @@ from broker.scheduling import JobQueue
 from broker.workforce import Workforce
 
 PLACE_REFRESH_S: Final = 0.5  # watched queued jobs are re-placed (and pushed if moved) this often
+FORECAST_FRESH_S: Final = 0.1  # a task's forecast serves this long while no job starts or stops
 
 
 class Placement:
@@ -34,7 +35,7 @@ class Placement:
         self.queue, self.workers, self.jobs = queue, workers, jobs
         self.limits, self.paused, self.run_times = limits, paused, run_times
         self.changes = 0  # bumped when a job starts or stops: cached forecasts are then stale
-        self._cached: tuple[float, int] = (float("nan"), 0)
+        self._cached_at, self._cached_changes = float("-inf"), 0
         self._forecasts: dict[str, Forecast] = {}
 
     def update(self, job: Job, now_wall: float) -> bool:
@@ -55,10 +56,12 @@ class Placement:
         return position, self.forecast(job.task, now_wall).starts_in_s(position)
 
     def forecast(self, task: str, now_wall: float) -> Forecast:
-        """What is known of ``task``'s slots and run times now (one computation per task
-        per broker turn while no job starts or stops: a burst of submits costs one)."""
-        if self._cached != (now_wall, self.changes):
-            self._cached, self._forecasts = (now_wall, self.changes), {}
+        """What is known of ``task``'s slots and run times now: computed over every slot
+        that serves ``task``, so it is kept for ``FORECAST_FRESH_S`` while no job starts or
+        stops (with hundreds of slots, a submit per broker turn would pay that scan each)."""
+        age_s = now_wall - self._cached_at
+        if self.changes != self._cached_changes or not 0 <= age_s < FORECAST_FRESH_S:
+            self._cached_at, self._cached_changes, self._forecasts = now_wall, self.changes, {}
         cached = self._forecasts.get(task)
         if cached is None:
             cached = self._forecasts[task] = self._forecast(task, now_wall)

@@ -12,6 +12,7 @@ from broker import protocol as p
 from broker.effects import Journal, Publish
 from broker.pausing import PAUSED_KEY
 from broker.periodic import PeriodicSchedules, Spec
+from broker.placement import FORECAST_FRESH_S
 
 LIMITED = {"limited": {"concurrency": 1}}
 
@@ -304,3 +305,16 @@ def test_pause_is_refused_while_the_data_dir_is_full(broker: Harness) -> None:
     assert [e for e in effects if isinstance(e, Journal)] == []
     broker.core.storage_error = None
     assert_sent(broker.client(C2, p.Pause(req=2, task="echo"), 0.0), C2, p.Counters)
+
+
+def test_a_forecast_is_reused_briefly_and_redone_when_a_job_starts_or_stops(broker: Harness) -> None:
+    placement = broker.core.controls.placement
+    peers = [f"worker-{n}".encode() for n in range(40)]
+    for peer in peers:
+        broker.ready(peer, 0.0)
+    first = placement.forecast("echo", 1.0)
+    assert placement.forecast("echo", 1.0 + FORECAST_FRESH_S / 2) is first  # no scan of 40 slots
+    assert placement.forecast("echo", 1.0 + FORECAST_FRESH_S) is not first  # stale: redone
+    again = placement.forecast("echo", 2.0)
+    broker.submit(C1, 2.0, args={"i": 1})  # a job starts on one of the slots
+    assert placement.forecast("echo", 2.0) is not again
