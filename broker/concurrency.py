@@ -6,6 +6,7 @@ keyed by job id, so ``stop`` is idempotent: every path out of ``running`` may ca
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any, Final
 
 MAX_CONCURRENCY: Final = 1_000_000
@@ -16,7 +17,7 @@ class ConcurrencyLimits:
 
     def __init__(self) -> None:
         self._limits: dict[str, int] = {}
-        self._running: dict[str, set[str]] = {}  # task -> ids of its running jobs
+        self._running: defaultdict[str, set[str]] = defaultdict(set)  # task -> ids of its running jobs
         self._task_of: dict[str, str] = {}
 
     def learn(self, tasks: list[str], options: dict[str, Any]) -> None:
@@ -40,10 +41,7 @@ class ConcurrencyLimits:
 
     def start(self, job_id: str, task: str) -> None:
         """A job of ``task`` started running."""
-        running = self._running.get(task)
-        if running is None:
-            running = self._running[task] = set()
-        running.add(job_id)
+        self._running[task].add(job_id)
         self._task_of[job_id] = task
 
     def stop(self, job_id: str) -> None:

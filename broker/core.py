@@ -18,7 +18,6 @@ from broker.client_requests import ClientRequests
 from broker.effects import Effect
 from broker.errors import ProtocolError
 from broker.jobs import State, job_from_record
-from broker.progress import EtaEstimator
 from broker.state import DEFAULT_MAX_LIVE_JOBS, SEQ_EPOCH_SHIFT, BrokerState, StoredResults
 from broker.tally import StateCounts, count_states, live_counts
 from broker.worker_messages import WorkerMessages
@@ -119,10 +118,7 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             self.counters["invalid_messages"] += 1
             return
         job.done, job.total, job.message = msg.done, msg.total, msg.message[:1000]
-        eta = self.etas.get(job.id)
-        if eta is None:
-            eta = self.etas[job.id] = EtaEstimator()
-        job.eta_s = eta.observe(now, msg.done, msg.total)
+        job.eta_s = self.etas[job.id].observe(now, msg.done, msg.total)
         self.out.publish(job, now)
 
     def receive_subscription(self, topic: bytes, now: float, subscribed: bool = True) -> None:

@@ -9,7 +9,7 @@ task's slots and run times into ``starts_in_s``; ``RunTimes`` keeps the observed
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -74,16 +74,12 @@ class RunTimes:
     """The mean run time of each task over its last ``RUN_TIME_WINDOW`` successful runs."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, deque[float]] = {}
+        self._runs: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=RUN_TIME_WINDOW))
 
     def record(self, task: str, seconds: float) -> None:
         """Note one finished run of ``task``."""
-        if seconds < 0:
-            return
-        runs = self._runs.get(task)
-        if runs is None:
-            runs = self._runs[task] = deque(maxlen=RUN_TIME_WINDOW)
-        runs.append(seconds)
+        if seconds >= 0:
+            self._runs[task].append(seconds)
 
     def mean_s(self, task: str) -> float | None:
         """The mean run time, or None before the first run."""

@@ -9,7 +9,7 @@ handlers build on it: ``broker.client_requests`` (clients) and
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from typing import Any, Final, Protocol
 
 from broker import protocol as p
@@ -74,7 +74,7 @@ class BrokerState:
         self.workers = Workforce(heartbeat_s)
         self.defaults = TaskDefaults()
         self.waiters: dict[str, dict[tuple[bytes, int], None]] = {}  # an ordered set per job
-        self.etas: dict[str, EtaEstimator] = {}
+        self.etas: defaultdict[str, EtaEstimator] = defaultdict(EtaEstimator)
         self.out = Outbox(epoch, wall_offset_s)
         self.subscriptions = self.out.subscriptions
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)

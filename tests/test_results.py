@@ -158,7 +158,11 @@ def rows_and_totals(cache_dir: str) -> tuple[list[tuple[Any, ...]], list[tuple[A
     return [(*row[:2], round(row[2], 3), *row[3:]) for row in rows], sorted(totals)
 
 
-def test_rows_are_written_as_cache_set_writes_them(store: ResultStore, data_dir: str) -> None:
+def test_store_many_writes_a_row_per_job_and_cache_key_with_their_expiries(
+    store: ResultStore, data_dir: str
+) -> None:
+    """The rows equal those written key by key (same expiries, count and size); a result
+    that had a file of its own loses it when replaced."""
     big = json.dumps({"rows": ["x" * 100] * 2000}).encode()
     first = [record(), record("B" * 22, big, cache_key=None)]
     again = [record(retention_s=60.0, ttl_s=30.0), record("B" * 22, b"{}", cache_key=None)]

@@ -16,15 +16,17 @@ from broker.client import Client
 from broker.security import client_keys, create_key_pair
 
 
+def start_up(part_env: dict[str, str], broker: str, data: str, *extra: str) -> ReadyProcess:
+    """``jobcast up`` with one worker, the web on a free port; waits for its ready line."""
+    argv = jobcast("up", "--port", "0", "--workers", "1", "--broker", broker, "--data", data, *extra)
+    return ReadyProcess(argv, env=part_env, ready_timeout_s=60)
+
+
 def test_up_serves_the_demo_and_stops_cleanly(
     base_url: str, tmpdir_short: str, part_env: dict[str, str]
 ) -> None:
     data = os.path.join(tmpdir_short, "data")
-    up = ReadyProcess(
-        jobcast("up", "--port", "0", "--workers", "1", "--broker", base_url, "--data", data),
-        env=part_env,
-        ready_timeout_s=60,
-    )
+    up = start_up(part_env, base_url, data)
     try:
         url = up.ready_line.split(" ready ", 1)[1].split()[0]
         parts = children_of(up.pid)
@@ -54,23 +56,7 @@ def test_up_with_curve_dir_runs_off_loopback_and_lets_only_enrolled_keys_in(
 ) -> None:
     keys_dir, data = os.path.join(tmpdir_short, "keys"), os.path.join(tmpdir_short, "data")
     port = free_base_port()
-    up = ReadyProcess(
-        jobcast(
-            "up",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-            "--broker",
-            f"tcp://0.0.0.0:{port}",
-            "--data",
-            data,
-            "--curve-dir",
-            keys_dir,
-        ),  # fmt: skip
-        env=part_env,
-        ready_timeout_s=60,
-    )
+    up = start_up(part_env, f"tcp://0.0.0.0:{port}", data, "--curve-dir", keys_dir)
     try:
         url = up.ready_line.split(" ready ", 1)[1].split()[0]
         assert os.stat(os.path.join(keys_dir, "broker.key_secret")).st_mode & 0o077 == 0
@@ -92,23 +78,7 @@ def test_up_with_curve_dir_runs_off_loopback_and_lets_only_enrolled_keys_in(
         assert up.wait(timeout_s=20) == 0
     finally:
         up.stop()
-    again = ReadyProcess(
-        jobcast(
-            "up",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-            "--broker",
-            f"tcp://127.0.0.1:{port}",
-            "--data",
-            data,
-            "--curve-dir",
-            keys_dir,
-        ),  # fmt: skip
-        env=part_env,
-        ready_timeout_s=60,
-    )
+    again = start_up(part_env, f"tcp://127.0.0.1:{port}", data, "--curve-dir", keys_dir)
     try:  # a restart reuses the keys: the result is still there for the same local key
         with Client(f"tcp://127.0.0.1:{port}", timeout_s=5, curve=local) as client:
             assert client.status(job_id)["state"] == "done"
