@@ -37,8 +37,10 @@ def test_submit_prints_id_then_status_and_cancel(
     job_id = submitted.stdout.strip()
     assert len(job_id) == 22
     status = run_cli(base_url, part_env, "status", job_id, "--json")
+    assert status.returncode == 0, (status.returncode, status.stderr)
     assert json.loads(status.stdout)["state"] == "queued"
     cancelled = run_cli(base_url, part_env, "cancel", job_id, "--json")
+    assert cancelled.returncode == 0, (cancelled.returncode, cancelled.stderr)
     assert json.loads(cancelled.stdout)["state"] == "cancelled"
     unknown = run_cli(base_url, part_env, "status", "B" * 22)
     assert unknown.returncode == 1 and "no such job" in unknown.stderr
