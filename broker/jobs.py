@@ -101,8 +101,12 @@ class Job:
 
 
 def new_job_id() -> str:
-    """A fresh job id: 128 random bits, URL-safe base64 (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """A fresh job id: 128 random bits, URL-safe base64 (22 characters), never starting
+    with ``-`` (a command line would read it as an option: ``jobcast status -x…``)."""
+    while True:
+        job_id = secrets.token_urlsafe(16)
+        if job_id[0] != "-":
+            return job_id
 
 
 def is_job_id(value: str) -> bool:

@@ -82,6 +82,11 @@ def test_new_job_id_shape() -> None:
     assert is_job_id(job_id)
 
 
+def test_no_new_job_id_starts_with_a_dash() -> None:
+    # one in 64 would without the rule: 5,000 draws would show about 78
+    assert not [job_id for job_id in (new_job_id() for _ in range(5000)) if job_id.startswith("-")]
+
+
 def test_new_job_ids_are_unique() -> None:
     ids = {new_job_id() for _ in range(1000)}
     assert len(ids) == 1000
