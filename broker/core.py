@@ -91,6 +91,8 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
                 self._worker_done(peer, msg, now)
             case p.Failed():
                 self._worker_failed(peer, msg, now)
+            case p.Release():
+                self._worker_release(peer, msg, now)
             case p.Bye():
                 self._worker_leaving(slot, now)
             case _:

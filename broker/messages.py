@@ -158,7 +158,8 @@ class Ready:
 
     ``options`` maps a task name to its defaults: ``ttl_s``, ``timeout_s``, ``max_attempts``.
     ``busy`` says the slot still runs an attempt from before it reconnected: it is not idle
-    until it reports that attempt's outcome.
+    until it reports that attempt's outcome. ``prefetch`` is how many attempts it will
+    hold at once (the broker sends more than one only for short tasks: ``broker.prefetch``).
     """
 
     tasks: list[str]
@@ -166,6 +167,7 @@ class Ready:
     busy: bool = False
     pid: int = 0
     host: str = ""
+    prefetch: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +217,15 @@ class Failed:
     attempt: int
     error: dict[str, Any]
     retry: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Release:
+    """A slot gives back an attempt it held but never started (warm shutdown, reconnect):
+    the job goes back to the queue and the attempt does not count."""
+
+    id: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +292,7 @@ Message: TypeAlias = (
     | Assign
     | Done
     | Failed
+    | Release
     | Stop
     | Bye
     | Progress

@@ -17,7 +17,7 @@ Who sends what::
                        COUNTERS (per-task metrics JSON as payload when STATS asked for them;
                                  also the reply to PAUSE and RESUME)
                        JOBS (reply to LIST: a JSON array of job views as payload)
-    worker → broker    READY HEARTBEAT LOG DONE FAILED BYE
+    worker → broker    READY HEARTBEAT LOG DONE FAILED RELEASE BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
@@ -57,6 +57,7 @@ from broker.messages import (
     Pause,
     Progress,
     Ready,
+    Release,
     Resume,
     Retry,
     Snapshot,
@@ -95,6 +96,7 @@ __all__ = [
     "Pause",
     "Progress",
     "Ready",
+    "Release",
     "Resume",
     "Retry",
     "Snapshot",
@@ -142,6 +144,7 @@ class Command(bytes, Enum):
     LIST = b"LIST"
     JOBS = b"JOBS"
     RETRY = b"RETRY"
+    RELEASE = b"RELEASE"
 
 
 COMMAND_OF: Final[dict[type[Any], Command]] = {
@@ -153,7 +156,7 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
     Progress: Command.PROGRESS, Event: Command.EVENT, ListJobs: Command.LIST,
     JobList: Command.JOBS, Retry: Command.RETRY, SubmitGroup: Command.GROUP,
-    Log: Command.LOG,
+    Log: Command.LOG, Release: Command.RELEASE,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})

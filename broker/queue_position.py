@@ -75,16 +75,22 @@ class RunTimes:
 
     def __init__(self) -> None:
         self._runs: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=RUN_TIME_WINDOW))
+        self._sums: defaultdict[str, float] = defaultdict(float)
 
     def record(self, task: str, seconds: float) -> None:
         """Note one finished run of ``task``."""
-        if seconds >= 0:
-            self._runs[task].append(seconds)
+        if seconds < 0:
+            return
+        runs = self._runs[task]
+        if len(runs) == runs.maxlen:
+            self._sums[task] -= runs[0]
+        runs.append(seconds)
+        self._sums[task] += seconds
 
     def mean_s(self, task: str) -> float | None:
         """The mean run time, or None before the first run."""
         runs = self._runs.get(task)
-        return sum(runs) / len(runs) if runs else None
+        return max(self._sums[task] / len(runs), 0.0) if runs else None
 
 
 @dataclass(frozen=True, slots=True)

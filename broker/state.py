@@ -100,6 +100,22 @@ class BrokerState:
             job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
+        if self.queue.depth():  # idle slots first; then busy ones that prefetch short jobs
+            for slot in self.workers.with_room(now):
+                self._top_up(slot, now)
+
+    def _top_up(self, slot: WorkerSlot, now: float) -> None:
+        while tasks := self.controls.prefetchable(slot.tasks, slot.prefetch, len(slot.held)):
+            job_id = self.queue.pop_for(tasks, self._is_queued)
+            if job_id is None:
+                return
+            self._assign(slot, self.jobs[job_id], now)
+
+    def _promote(self, slot: WorkerSlot, now: float) -> None:
+        """The slot's first held job changed: that job starts running now (it waited behind)."""
+        job = self.jobs.get(slot.job_id) if slot.job_id is not None else None
+        if job is not None and job.state is State.RUNNING:
+            job.started_at = self._wall(now)
 
     def _is_queued(self, job_id: str) -> bool:
         job = self.jobs.get(job_id)

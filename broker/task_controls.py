@@ -17,6 +17,7 @@ from broker.jobs import Job, State
 from broker.pausing import PAUSED_KEY, PausedTasks
 from broker.periodic import RUN_KEY_PREFIX, PeriodicSchedules, last_runs_from
 from broker.placement import PLACE_REFRESH_S, Placement
+from broker.prefetch import prefetch_depth
 from broker.protocol import Counters, Error, Message, Pause, Resume
 from broker.queue_position import RunTimes, clear_place
 from broker.scheduling import JobQueue
@@ -53,6 +54,14 @@ class TaskControls:
         if not self.paused and not self.limits:
             return tasks
         return [task for task in tasks if task not in self.paused and self.limits.allows(task)]
+
+    def prefetchable(self, tasks: frozenset[str], prefetch: int, held: int) -> list[str]:
+        """Those of ``tasks`` a slot holding ``held`` attempts may take one more of now:
+        startable, with runs short enough for that depth (``broker.prefetch``)."""
+        if prefetch <= held:
+            return []
+        mean_s = self.run_times.mean_s
+        return [task for task in self.startable(tasks) if prefetch_depth(prefetch, mean_s(task)) > held]
 
     def started(self, job: Job) -> None:
         """The job runs now: out of line, counted against its limit, no place any more."""

@@ -1,4 +1,10 @@
-"""Worker messages to the broker core: ready, log, done, failed, gone, leaving (pure)."""
+"""Worker messages to the broker core: ready, log, done, failed, release, gone, leaving (pure).
+
+A slot may hold several attempts (``broker.prefetch``); it runs them in the order it was
+sent them, so the first one it holds is the one running. When a slot is lost, that one
+has spent an attempt; the others never started, so they go back to the queue without
+counting one (as when the slot gives them back with ``Release``).
+"""
 
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ class WorkerMessages(BrokerState):
         slot, job = self.workers.get(peer), self.jobs.get(msg.id)
         if (
             slot is None
-            or slot.job_id != msg.id
+            or msg.id not in slot.held
             or job is None
             or job.attempts != msg.attempt
             or job.is_final
@@ -52,7 +58,7 @@ class WorkerMessages(BrokerState):
         self.out.publish(job, now, extra=joblog.lines_event(job.extra, new))
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:
-        job = self._held_job(peer, msg.id, msg.attempt)
+        job = self._held_job(peer, msg.id, msg.attempt, now)
         if job is None or job.is_final:
             return  # a stale attempt, or cancelled while it ran (the cancel published the end)
         if msg.last:
@@ -65,53 +71,70 @@ class WorkerMessages(BrokerState):
         self._finish(job, State.DONE, now, error=None)
 
     def _worker_failed(self, peer: bytes, msg: p.Failed, now: float) -> None:
-        job = self._held_job(peer, msg.id, msg.attempt)
+        job = self._held_job(peer, msg.id, msg.attempt, now)
         if job is None:
             return
         error = {k: str(msg.error.get(k, ""))[:MAX_ERROR_TEXT] for k in ("type", "message", "traceback")}
         self._attempt_failed(job, error, now, retry=msg.retry, immediate=False)
 
+    def _worker_release(self, peer: bytes, msg: p.Release, now: float) -> None:
+        job = self._held_job(peer, msg.id, msg.attempt, now)
+        if job is not None and job.state is State.RUNNING:
+            self._unstarted_back(job, now)
+
+    def _unstarted_back(self, job: Job, now: float) -> None:
+        """An attempt that never started goes back to the queue; it does not count."""
+        job.attempts -= 1
+        self._requeue(job, now, delay_s=0.0)
+
     def _worker_gone(self, slot: WorkerSlot, now: float, *, reason: str, lost: bool) -> None:
         self.workers.leave(slot.peer)
-        job = self.jobs.get(slot.job_id) if slot.job_id else None
-        if job is None or job.state is not State.RUNNING:
-            return
-        if not lost:
-            self._requeue(job, now, delay_s=0.0)
-            return
-        self.counters["workers_lost"] += 1
-        logger.warning("job %s lost its worker %s: %s", job.id, slot.peer.hex(), reason)
-        error = {"type": "WorkerLost", "message": reason, "traceback": ""}
-        self._attempt_failed(job, error, now, retry=True, immediate=True)
+        for index, job_id in enumerate(list(slot.held)):
+            job = self.jobs.get(job_id)
+            if job is None or job.state is not State.RUNNING:
+                continue
+            if index:
+                self._unstarted_back(job, now)
+            elif not lost:
+                self._requeue(job, now, delay_s=0.0)
+            else:
+                self.counters["workers_lost"] += 1
+                logger.warning("job %s lost its worker %s: %s", job.id, slot.peer.hex(), reason)
+                error = {"type": "WorkerLost", "message": reason, "traceback": ""}
+                self._attempt_failed(job, error, now, retry=True, immediate=True)
 
     def _worker_leaving(self, slot: WorkerSlot | None, now: float) -> None:
-        """Warm shutdown: a busy worker finishes its job first; an idle one goes at once."""
+        """Warm shutdown: a busy worker finishes its job first (and gives back the ones it
+        has not started); an idle one goes at once."""
         if slot is None:
             return
-        if slot.job_id is None:
+        if not slot.held:
             self._worker_gone(slot, now, reason="worker said goodbye", lost=False)
             return
         self.workers.retire(slot)
         logger.info("job %s: worker %s leaves after this job", slot.job_id, slot.peer.hex())
 
-    def _held_job(self, peer: bytes, job_id: str, attempt: int) -> Job | None:
+    def _held_job(self, peer: bytes, job_id: str, attempt: int, now: float) -> Job | None:
         """The job an outcome is for, if the sender holds that attempt; frees the sender."""
         slot = self.workers.get(peer)
         job = self.jobs.get(job_id)
-        if slot is not None and slot.busy_from_before and slot.job_id is None:
+        if slot is not None and slot.busy_from_before and not slot.held:
             # back from a partition: its old attempt ended; take it once if not re-run yet
             if job is not None and job.state is State.QUEUED and job.attempts == attempt:
                 job.move_to(State.RUNNING)
                 self.controls.started(job)
                 self.workers.take(slot, job.id)
             else:
-                self.workers.release(slot)
-        if slot is None or slot.job_id != job_id or job is None or job.attempts != attempt:
+                self.workers.release(slot, job_id)
+        if slot is None or job_id not in slot.held or job is None or job.attempts != attempt:
             self.counters["stale_messages"] += 1
             logger.warning("job %s: dropped a result for attempt %s from %s (not its holder)",
                            job_id, attempt, peer.hex())  # fmt: skip
             return None
-        self.workers.release(slot)
+        running = slot.job_id
+        self.workers.release(slot, job_id)
+        if slot.job_id is not None and slot.job_id != running:
+            self._promote(slot, now)
         return job
 
     def _attempt_failed(

@@ -1,5 +1,9 @@
 """The connected worker slots (pure): who is idle, least recently used first, and who is alive.
 
+A slot holds the attempts it was sent, in the order it runs them: the first one runs, the
+others (a slot that prefetches: ``broker.prefetch``) wait behind it. A slot that holds
+none is idle; one that holds fewer than its ``prefetch`` has *room*.
+
 An idle slot is heard from about once per heartbeat interval. One silent for longer than
 ``SUSPECT_AFTER_INTERVALS`` is *suspect*: it keeps its place in the idle line but is given
 no work until it is heard from again. When a host drops off the network, all its slots go
@@ -20,20 +24,27 @@ from broker.liveness import Liveness
 from broker.protocol import Ready
 
 SUSPECT_AFTER_INTERVALS: Final = 1.5
+MAX_PREFETCH: Final = 256  # the most attempts one slot may hold, whatever it announces
 
 
 @dataclass(slots=True)
 class WorkerSlot:
-    """One connected worker slot (one agent process, one job at a time)."""
+    """One connected worker slot (one agent process, one job running at a time)."""
 
     peer: bytes
     tasks: frozenset[str]
     liveness: Liveness
     pid: int = 0
     host: str = ""
-    job_id: str | None = None
+    prefetch: int = 1
+    held: dict[str, None] = dataclasses.field(default_factory=dict)  # job ids, running one first
     busy_from_before: bool = False  # still running an attempt from before it reconnected
     leaving: bool = False  # said Bye while busy: finish the job, then go
+
+    @property
+    def job_id(self) -> str | None:
+        """The job the slot runs now (the first one it holds), if any."""
+        return next(iter(self.held), None)
 
     def describe(self) -> str:
         """``pid on host`` for log lines and error messages."""
@@ -47,6 +58,7 @@ class Workforce:
         self.heartbeat_s = heartbeat_s
         self._slots: dict[bytes, WorkerSlot] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()
+        self._room: dict[bytes, None] = {}  # busy slots that prefetch and hold fewer than that
         # at or before every slot's next deadline; None: to be computed. Checked every loop
         # turn, so the slots are scanned only once one of them may be due.
         self._earliest_s: float | None = None
@@ -54,7 +66,8 @@ class Workforce:
     def join(self, peer: bytes, msg: Ready, now: float) -> WorkerSlot:
         """Register a slot that sent Ready; it is idle unless still busy from before."""
         liveness = Liveness(self.heartbeat_s, last_heard=now, last_sent=now)
-        slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host)
+        prefetch = min(max(msg.prefetch, 1), MAX_PREFETCH)
+        slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host, prefetch)
         slot.busy_from_before = msg.busy
         self._slots[peer] = slot
         self._lower_deadline(slot)
@@ -65,16 +78,22 @@ class Workforce:
     def leave(self, peer: bytes) -> WorkerSlot | None:
         """Forget a slot; return it (with the job it held) if it was known."""
         self._idle.pop(peer, None)
+        self._room.pop(peer, None)
         return self._slots.pop(peer, None)
 
     def take(self, slot: WorkerSlot, job_id: str) -> None:
-        """The slot now runs ``job_id``: no longer idle."""
+        """The slot now holds ``job_id`` too: no longer idle."""
         self._idle.pop(slot.peer, None)
-        slot.job_id = job_id
+        slot.held[job_id] = None
+        self._note_room(slot)
 
-    def release(self, slot: WorkerSlot) -> None:
-        """The slot's job ended: back to the end of the idle line, or gone if leaving."""
-        slot.job_id = None
+    def release(self, slot: WorkerSlot, job_id: str) -> None:
+        """The slot is done with ``job_id``; when it holds nothing more it goes back to the
+        end of the idle line, or away if leaving."""
+        slot.held.pop(job_id, None)
+        self._note_room(slot)
+        if slot.held:
+            return
         slot.busy_from_before = False
         if slot.leaving:
             self._slots.pop(slot.peer, None)
@@ -85,6 +104,18 @@ class Workforce:
         """The slot said Bye while busy: it finishes its job and takes no other."""
         slot.leaving = True
         self._idle.pop(slot.peer, None)
+        self._room.pop(slot.peer, None)
+
+    def with_room(self, now: float) -> list[WorkerSlot]:
+        """Busy slots that may hold more (they prefetch), not suspect."""
+        slots = (self._slots[peer] for peer in self._room)
+        return [slot for slot in slots if not self._suspect(slot, now)]
+
+    def _note_room(self, slot: WorkerSlot) -> None:
+        if 0 < len(slot.held) < slot.prefetch and not slot.leaving:
+            self._room[slot.peer] = None
+        else:
+            self._room.pop(slot.peer, None)
 
     def idle_in_order(self) -> list[WorkerSlot]:
         """Idle slots, the one idle longest first."""

@@ -13,7 +13,7 @@ from fake_broker import FakeBroker
 from helpers import PYTHON, ReadyProcess, children_of, pid_alive, wait_for
 
 from broker.jobs import new_job_id
-from broker.protocol import TAG, Assign, Bye, Done, Failed, Ready, Stop
+from broker.protocol import TAG, Assign, Bye, Done, Failed, Ready, Release, Stop
 
 
 @pytest.fixture
@@ -62,6 +62,11 @@ def assign(
 def wait_assigned(agent: ReadyProcess, job_id: str) -> None:
     """Wait until the agent has logged the job's assignment (it is with the runner)."""
     wait_for(lambda: any(f"job {job_id} attempt 1 assigned" in x for x in agent.stderr_lines))
+
+
+def wait_running(agent: ReadyProcess, job_id: str) -> None:
+    """Wait until the runner has logged that it started the job (a Stop then finds it running)."""
+    wait_for(lambda: any(f"job {job_id} attempt 1 running" in x for x in agent.stderr_lines))
 
 
 def outcome(broker: FakeBroker, job_id: str, timeout_s: float = 5.0) -> Done | Failed:
@@ -190,6 +195,7 @@ def test_stop_cancels_a_job_at_its_next_progress(agent: ReadyProcess, fake_broke
 def test_stop_kills_a_job_that_never_checks(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     child = runner_pid(agent)
     job_id = assign(fake_broker, "hang")
+    wait_running(agent, job_id)
     started = time.monotonic()
     fake_broker.send(Stop(id=job_id, attempt=1))
     failed = outcome(fake_broker, job_id)
@@ -200,7 +206,11 @@ def test_stop_kills_a_job_that_never_checks(agent: ReadyProcess, fake_broker: Fa
     assert_echo_works(fake_broker)
 
 
-def test_an_assign_while_busy_is_refused(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
+def test_an_assign_past_prefetch_is_refused(
+    fake_broker: FakeBroker, start_agent: Callable[..., ReadyProcess]
+) -> None:
+    agent = start_agent("--prefetch", "1")
+    assert fake_broker.expect(Ready).prefetch == 1
     slow_id = assign(fake_broker, "slow", {"seconds": 30, "steps": 300})
     wait_assigned(agent, slow_id)
     busy = fake_broker.run("echo")
@@ -209,6 +219,57 @@ def test_an_assign_while_busy_is_refused(agent: ReadyProcess, fake_broker: FakeB
     fake_broker.send(Stop(id=slow_id, attempt=1))
     assert isinstance(outcome(fake_broker, slow_id), Failed)
     assert_echo_works(fake_broker)
+
+
+# --- a slot that holds several jobs (prefetch) ----------------------------------------------
+
+
+def ran(agent: ReadyProcess, job_id: str) -> bool:
+    """Whether the runner logged that it started the job."""
+    return any(f"job {job_id} attempt 1 running" in line for line in agent.stderr_lines)
+
+
+def test_held_jobs_run_in_order_and_a_stopped_one_never_starts(
+    agent: ReadyProcess, fake_broker: FakeBroker
+) -> None:
+    slow_id = assign(fake_broker, "slow", {"seconds": 0.6, "steps": 3})
+    first, second = assign(fake_broker, "echo", {"n": 1}), assign(fake_broker, "echo", {"n": 2})
+    wait_assigned(agent, second)
+    fake_broker.send(Stop(id=first, attempt=1))
+    cancelled = outcome(fake_broker, first)
+    assert isinstance(cancelled, Failed) and cancelled.error["type"] == "JobCancelled"
+    done = outcome(fake_broker, second)
+    assert isinstance(done, Done) and json.loads(done.result) == {"n": 2}
+    finished = [m.id for _, m in fake_broker.seen if isinstance(m, Done | Failed)]
+    assert finished == [slow_id, first, second]  # in the order they were sent
+    assert not ran(agent, first)
+
+
+def test_warm_shutdown_releases_the_jobs_not_started(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
+    slow_id = assign(fake_broker, "slow", {"seconds": 0.6, "steps": 3})
+    waiting = [assign(fake_broker, "echo", {"n": n}) for n in range(3)]
+    wait_assigned(agent, waiting[-1])
+    wait_running(agent, slow_id)
+    agent.signal(signal.SIGTERM)
+    fake_broker.expect(Bye)
+    assert isinstance(outcome(fake_broker, slow_id), Done)
+    assert agent.wait(timeout_s=5) == 0
+    released = [m.id for _, m in fake_broker.seen if isinstance(m, Release)]
+    assert sorted(released) == sorted(waiting)
+    assert not any(ran(agent, job_id) for job_id in waiting)
+
+
+def test_a_crashed_runner_hands_the_jobs_waiting_to_the_next(
+    agent: ReadyProcess, fake_broker: FakeBroker
+) -> None:
+    child = runner_pid(agent)
+    crash_id = assign(fake_broker, "crash")
+    echo_id = assign(fake_broker, "echo", {"after": "crash"})
+    lost = outcome(fake_broker, crash_id)
+    assert isinstance(lost, Failed) and lost.retry and lost.error["type"] == "WorkerLost"
+    done = outcome(fake_broker, echo_id)
+    assert isinstance(done, Done) and json.loads(done.result) == {"after": "crash"}
+    assert runner_pid(agent) != child
 
 
 # --- the broker goes away, or talks nonsense ----------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import zmq
@@ -12,6 +13,7 @@ import zmq
 from broker.errors import JobCancelled
 from broker.protocol import Progress, decode
 from workers.context import MAX_MESSAGE_CHARS, Job
+from workers.inbox import ControlInbox
 from workers.pipes import write_message
 
 
@@ -126,7 +128,7 @@ def test_progress_rejects_a_non_string_message() -> None:
 def test_cancel_on_the_control_pipe_raises_in_progress() -> None:
     read_fd, write_fd = os.pipe()
     try:
-        job = Job("job-h", 1, control_fd=read_fd)
+        job = Job("job-h", 1, cancel_check=partial(ControlInbox(read_fd).cancelled, ("job-h", 1)))
         job.progress(1, 10)
         write_message(write_fd, {"cmd": "cancel", "id": "job-h", "attempt": 1})
         with pytest.raises(JobCancelled):
@@ -143,7 +145,8 @@ def test_cancel_on_the_control_pipe_raises_in_progress() -> None:
 def test_a_cancel_for_another_job_is_ignored() -> None:
     read_fd, write_fd = os.pipe()
     try:
-        job = Job("job-i", 1, control_fd=read_fd, clock=iter(range(10**6)).__next__)
+        check = partial(ControlInbox(read_fd).cancelled, ("job-i", 1))
+        job = Job("job-i", 1, cancel_check=check, clock=iter(range(10**6)).__next__)
         write_message(write_fd, {"cmd": "cancel", "id": "someone-else", "attempt": 1})
         job.progress(1, 10)
         job.progress(2, 10)
@@ -157,7 +160,7 @@ def test_a_closed_control_pipe_cancels() -> None:
     read_fd, write_fd = os.pipe()
     os.close(write_fd)
     try:
-        job = Job("job-j", 1, control_fd=read_fd)
+        job = Job("job-j", 1, cancel_check=partial(ControlInbox(read_fd).cancelled, ("job-j", 1)))
         with pytest.raises(JobCancelled):
             job.progress(1, 10)
     finally:

@@ -48,6 +48,7 @@ PURE = [
     "periodic",
     "pausing",
     "placement",
+    "prefetch",
     "task_controls",
     "alljobs",
     "tally",

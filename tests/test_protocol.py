@@ -47,7 +47,11 @@ SAMPLES: list[p.Message] = [
     p.Counters(req=7, stats={"queued": 2, "workers": 1, "tasks": ["echo"]}, metrics=b'{"tasks":{}}'),
     p.Error(req=8, code="unknown_job", message="no such job"),
     p.Ready(
-        tasks=["echo", "report"], options={"echo": {"ttl_s": 10, "max_attempts": 2}}, pid=4242, host="box-1"
+        tasks=["echo", "report"],
+        options={"echo": {"ttl_s": 10, "max_attempts": 2}},
+        pid=4242,
+        host="box-1",
+        prefetch=16,
     ),
     p.Heartbeat(),
     p.Log(id=JOB_ID, attempt=1, lines=["connected", "<script>x</script>", "ünïcode"]),
@@ -56,6 +60,7 @@ SAMPLES: list[p.Message] = [
     p.Failed(
         id=JOB_ID, attempt=1, error={"type": "ValueError", "message": "bad", "traceback": "tb"}, retry=False
     ),
+    p.Release(id=JOB_ID, attempt=2),
     p.Stop(id=JOB_ID, attempt=3),
     p.Bye(),
     p.Progress(id=JOB_ID, attempt=1, done=4, total=10, message="step 4"),
@@ -365,7 +370,7 @@ def test_an_int_is_a_float_field_but_a_float_is_no_int_field() -> None:
 
 @pytest.mark.parametrize("result", [b'{"total":3}', None], ids=["result", "none"])
 def test_a_snapshot_of_an_encoded_view_has_the_frames_encode_gives(result: bytes | None) -> None:
-    view = {"id": JOB_ID, "state": "done", "message": "Summé\n\"fin\"", "eta_s": 0.0, "error": None}
+    view = {"id": JOB_ID, "state": "done", "message": 'Summé\n"fin"', "eta_s": 0.0, "error": None}
     frames = p.encode_snapshot(12, p.encode_view(view), result)
     assert frames == p.encode(p.Snapshot(req=12, job=view, result=result))
     assert p.decode(frames) == p.Snapshot(req=12, job=view, result=result)

@@ -1,5 +1,12 @@
 """One worker slot: the DEALER loop of Paranoid Pirate around a long-lived runner child.
 
+A slot holds up to ``prefetch`` attempts at once (the broker sends more than one only for
+short tasks). They go to the runner as they come and run there in order; the first one
+held is the one running, and only its timeout and cancel deadlines tick. A Stop for one
+still waiting makes the runner report it cancelled without running it. On warm shutdown
+or a lost broker the agent asks the runner to ``return`` those not started, and gives
+them back with ``Release``; when the runner dies they go to its successor.
+
 The agent announces itself with ``Ready``, heartbeats per ``Liveness`` and treats any
 message from the broker as proof of life. When the broker goes silent (or says
 ``Bye``) it closes the DEALER, waits ``Backoff.next_delay_s()`` and reconnects with a
@@ -20,6 +27,7 @@ import os
 import socket
 import sys
 import time
+from collections import deque
 from typing import Any, Final
 
 import zmq
@@ -27,7 +35,7 @@ import zmq
 from broker.addresses import broker_url, endpoints
 from broker.errors import UnknownTask
 from broker.liveness import Backoff
-from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Log, Message, Ready, Stop
+from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Log, Message, Ready, Release, Stop
 from broker.security import ClientKeys, client_keys
 from workers import registry
 from workers.child import Child
@@ -41,27 +49,33 @@ CANCEL_GRACE_S: Final = 2.0
 WARM_GRACE_S: Final = 5.0
 MAX_POLL_S: Final = 1.0
 CHILD_CHECK_S: Final = 0.1  # a dead runner shows as EOF on its pipe; this catches the rest
+DEFAULT_PREFETCH: Final = 16
+MAX_PREFETCH: Final = 256
 
 
 class Agent:
     """One worker slot: a DEALER to the broker and one runner child."""
 
     def __init__(self, broker: str, task_modules: list[str], *, grace_s: float = WARM_GRACE_S,
-                 notify_fd: int | None = None, curve: ClientKeys | None = None) -> None:  # fmt: skip
+                 notify_fd: int | None = None, curve: ClientKeys | None = None,
+                 prefetch: int = DEFAULT_PREFETCH) -> None:  # fmt: skip
         self.broker = broker
+        self.prefetch = prefetch
         self.curve = curve
         self.task_modules = task_modules
         self.grace_s = grace_s
         self.notify_fd = notify_fd
         self.context = zmq.Context()
         self.poller = zmq.Poller()
-        self.connection = BrokerConnection(self.context, self.poller, broker, self._ready, curve)
+        self.connection = BrokerConnection(self.context, self.poller, broker, self._ready, curve,
+                                           on_lost=self._return_waiting)  # fmt: skip
         self.notified = False
         self.child: Child | None = None
         self.child_backoff = Backoff()
+        self.watching_control = False  # the runner's control pipe, for room to write
         self.respawn_at: float | None = None
         self.next_child_check = 0.0
-        self.current: Attempt | None = None
+        self.held: deque[Attempt] = deque()  # the first one runs; the others wait in the pipe
         self.signals = SignalFlags()
         self.handled_signals = 0
         self.stop_deadline: float | None = None
@@ -98,6 +112,12 @@ class Agent:
         if self.child is not None and self.child.result_fd in events:
             self._read_child(now)
         self._tick(now)
+        self._flush_child(now)
+
+    @property
+    def current(self) -> Attempt | None:
+        """The attempt running in the runner, if any."""
+        return self.held[0] if self.held else None
 
     def _tick(self, now: float) -> None:
         """Every timer, on every iteration (never inside one branch)."""
@@ -106,7 +126,7 @@ class Agent:
         self._check_child(now)
         self._check_deadlines(now)
         self.connection.tick(now)
-        if self.stop_deadline is not None and self.current is None and self.exit_code is None:
+        if self.stop_deadline is not None and not self.held and self.exit_code is None:
             self.exit_code = 0
 
     def _timeout_ms(self, now: float) -> int:
@@ -137,90 +157,146 @@ class Agent:
     # --- jobs ----------------------------------------------------------------------------
 
     def _on_assign(self, msg: Assign, now: float) -> None:
-        if self.current is not None or self.stop_deadline is not None:
-            why = "shutting down" if self.current is None else f"busy with job {self.current.id}"
+        if len(self.held) >= self.prefetch or self.stop_deadline is not None:
+            running = self.current.id if self.current is not None else "none"
+            why = "shutting down" if self.stop_deadline is not None else f"busy with job {running}"
+            why += f" and holds {len(self.held) - 1} more" if len(self.held) > 1 else ""
             logger.warning("job %s refused: worker is %s", msg.id, why)
             busy = error("Busy", f"worker is {why}")
             self.connection.send(Failed(id=msg.id, attempt=msg.attempt, error=busy), now)
             return
-        self.current = Attempt.start(msg, _task_timeout_s(msg), now)
+        attempt = Attempt.hold(msg, _task_timeout_s(msg))
+        self.held.append(attempt)
+        if len(self.held) == 1:
+            attempt.begin(now, CANCEL_GRACE_S)
         logger.debug("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
         if self.child is None:
-            self._spawn_child()
-        try:
-            self._live_child().assign(msg)
-        except OSError as exc:
-            logger.warning("job %s could not reach the runner: %s", msg.id, exc)
-            self._on_child_exit(now)
+            self._spawn_child()  # hands it every held attempt
+        else:
+            self.child.assign(msg)
 
     def _on_stop(self, msg: Stop, now: float) -> None:
-        current = self.current
-        if current is None or not current.matches(msg.id, msg.attempt):
-            logger.info("job %s attempt %d: Stop for an attempt not running here", msg.id,
+        held = next((a for a in self.held if a.matches(msg.id, msg.attempt)), None)
+        if held is None:
+            logger.info("job %s attempt %d: Stop for an attempt not held here", msg.id,
                         msg.attempt)  # fmt: skip
             return
-        if current.cancel_deadline is not None:
+        if held.stop_asked:
             return
-        current.cancel_deadline = now + CANCEL_GRACE_S
+        held.stop_asked = True
+        if held is self.current:
+            held.cancel_deadline = now + CANCEL_GRACE_S
         logger.info("job %s attempt %d cancelling", msg.id, msg.attempt)
-        try:
-            self._live_child().cancel(msg.id, msg.attempt)
-        except OSError:
-            self._on_child_exit(now)
+        if self.child is not None:
+            self.child.cancel(msg.id, msg.attempt)
 
     def _finish(self, msg: Done | Failed, now: float) -> None:
-        self.current = None
+        """The running attempt ended: report it; the next one held starts now."""
+        self.held.popleft()
         state = "done" if isinstance(msg, Done) else f"failed ({msg.error.get('type')})"
         logger.debug("job %s attempt %d %s", msg.id, msg.attempt, state)
         self.connection.send(msg, now)
+        if self.held:
+            self.held[0].begin(now, CANCEL_GRACE_S)
+
+    def _release(self, job_id: str, attempt: int, now: float) -> None:
+        """Give back a held attempt the runner never started (even the first one: the
+        runner may not have reached it yet)."""
+        for held in self.held:
+            if held.matches(job_id, attempt):
+                first = held is self.current
+                self.held.remove(held)
+                self.connection.send(Release(id=job_id, attempt=attempt), now)
+                if first and self.held:
+                    self.held[0].begin(now, CANCEL_GRACE_S)
+                return
+
+    def _return_waiting(self) -> None:
+        """Ask the runner for the attempts it has not started (it answers ``returned``)."""
+        if len(self.held) > 1 and self.child is not None:
+            self.child.return_waiting()
 
     def _check_deadlines(self, now: float) -> None:
         current = self.current
         if current is None:
             return
         if current.cancel_deadline is not None and now >= current.cancel_deadline:
-            self._replace_child()
-            self._finish(current.failed(cancelled_error(f"killed after {CANCEL_GRACE_S:g} s")),
-                         now)  # fmt: skip
+            self._kill_running(current.failed(cancelled_error(f"killed after {CANCEL_GRACE_S:g} s")), now)
         elif current.deadline is not None and now >= current.deadline:
-            self._replace_child()
             message = f"job exceeded timeout of {current.timeout_s:g} s"
-            self._finish(current.failed(error("Timeout", message), retry=True), now)
+            self._kill_running(current.failed(error("Timeout", message), retry=True), now)
         elif self.stop_deadline is not None and now >= self.stop_deadline:
-            self._replace_child()
             if current.cancel_deadline is not None:
-                self._finish(current.failed(cancelled_error("worker shut down")), now)
+                self._kill_running(current.failed(cancelled_error("worker shut down")), now)
                 return
             message = f"worker shut down; the job did not end within {self.grace_s:g} s"
-            self._finish(current.failed(error("WorkerLost", message), retry=True), now)
+            self._kill_running(current.failed(error("WorkerLost", message), retry=True), now)
+
+    def _kill_running(self, outcome: Failed, now: float) -> None:
+        """Kill the runner in the middle of the running attempt, which ends with ``outcome``."""
+        child = self._drop_child()
+        if child is not None:
+            child.kill()
+        self._finish(outcome, now)
+        self._after_child_lost(now)
+
+    def _after_child_lost(self, now: float) -> None:
+        """The runner is gone: what it had not started goes back (shutting down) or to the
+        next runner, which starts now, or on its respawn."""
+        if self.stop_deadline is not None:
+            while self.held:  # none of them ran (the first had begun on paper only)
+                held = self.held.popleft()
+                self.connection.send(Release(id=held.id, attempt=held.attempt), now)
+            return
+        if self.child is None and self.respawn_at is None:
+            self._spawn_child()
 
     # --- the runner child --------------------------------------------------------------
 
     def _spawn_child(self) -> None:
+        """Start a runner and hand it every attempt held (none of them has run)."""
         self.child = Child.spawn(self.broker, self.task_modules, self.curve)
         self.poller.register(self.child.result_fd, zmq.POLLIN)
         self.respawn_at = None
-
-    def _live_child(self) -> Child:
-        if self.child is None:
-            raise BrokenPipeError("no runner child")
-        return self.child
+        for held in self.held:
+            self.child.assign(held.assign)
+            if held.stop_asked:
+                self.child.cancel(held.id, held.attempt)
 
     def _drop_child(self) -> Child | None:
         child, self.child = self.child, None
         if child is not None:
             self.poller.unregister(child.result_fd)
+            self._watch_control(child, False)
         return child
 
-    def _replace_child(self) -> None:
-        child = self._drop_child()
-        if child is not None:
-            child.kill()
-        if self.stop_deadline is None:
-            self._spawn_child()
+    def _flush_child(self, now: float) -> None:
+        """Write what waits for the runner; watch its pipe for room while some is left."""
+        child = self.child
+        if child is None:
+            return
+        try:
+            child.flush()
+        except OSError as exc:
+            logger.warning("the runner's control pipe broke: %s", exc)
+            self._read_child(now)
+            if self.child is not None:
+                self._on_child_exit(now)
+            return
+        self._watch_control(child, child.wants_write)
+
+    def _watch_control(self, child: Child, watch: bool) -> None:
+        if watch != self.watching_control:
+            self.watching_control = watch
+            if watch:
+                self.poller.register(child.control_fd, zmq.POLLOUT)
+            else:
+                self.poller.unregister(child.control_fd)
 
     def _read_child(self, now: float) -> None:
-        child = self._live_child()
+        child = self.child
+        if child is None:
+            return
         try:
             messages, eof = child.read()
         except ValueError as exc:
@@ -229,10 +305,16 @@ class Agent:
             messages, eof = [], True
         for header, payload in messages:
             self._on_outcome(header, payload, now)
-        if eof:
+        if eof and self.child is child:
             self._on_child_exit(now)
 
     def _on_outcome(self, header: dict[str, Any], payload: bytes, now: float) -> None:
+        returned = header.get("returned")
+        if isinstance(returned, list):
+            for key in returned:
+                if isinstance(key, list) and len(key) == 2:
+                    self._release(key[0], key[1], now)
+            return
         current = self.current
         if current is None or not current.matches(header.get("id"), header.get("attempt")):
             logger.warning("job %s: dropped a stale outcome from the runner", header.get("id"))
@@ -247,15 +329,17 @@ class Agent:
         child = self._drop_child()
         how = child.reap() if child is not None else "is gone"
         current = self.current
-        if current is not None and current.cancel_deadline is not None:
-            self._finish(current.failed(cancelled_error(f"worker process {how}")), now)
-        elif current is not None:
-            lost = error("WorkerLost", f"worker process {how}")
-            self._finish(current.failed(lost, retry=True), now)
-            self.respawn_at = now  # the job killed it: not a crash loop
-        else:
+        if current is None:
             logger.warning("idle runner child %s", how)
             self.respawn_at = now + self.child_backoff.next_delay_s()
+            return
+        if current.cancel_deadline is not None:
+            self._finish(current.failed(cancelled_error(f"worker process {how}")), now)
+        else:
+            lost = error("WorkerLost", f"worker process {how}")
+            self._finish(current.failed(lost, retry=True), now)
+        self.respawn_at = now  # the job killed it: not a crash loop
+        self._after_child_lost(now)
 
     def _check_child(self, now: float) -> None:
         if now >= self.next_child_check:  # not every turn: reaping costs a waitpid each time
@@ -278,6 +362,7 @@ class Agent:
             logger.info("warm shutdown: finishing the current job (grace %g s)", self.grace_s)
             self.stop_deadline = now + self.grace_s
             self.connection.send(Bye(), now)
+            self._return_waiting()
         else:
             self._cold_shutdown(now, "cold shutdown")
 
@@ -311,7 +396,8 @@ class Agent:
 
     def _ready(self) -> Ready:
         return Ready(tasks=registry.names(), options=registry.options(), pid=os.getpid(),
-                     host=socket.gethostname(), busy=self.current is not None)  # fmt: skip
+                     host=socket.gethostname(), busy=self.current is not None,
+                     prefetch=self.prefetch)  # fmt: skip
 
     def _close(self) -> None:
         child = self._drop_child()
@@ -321,6 +407,12 @@ class Agent:
         self.signals.close()
         self.connection.close()
         self.context.term()
+
+
+def check_prefetch(prefetch: int) -> None:
+    """Raises ValueError unless 1 <= prefetch <= MAX_PREFETCH."""
+    if not 1 <= prefetch <= MAX_PREFETCH:
+        raise ValueError(f"prefetch must be 1-{MAX_PREFETCH} (got {prefetch})")
 
 
 def _task_timeout_s(msg: Assign) -> float | None:
@@ -337,6 +429,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--broker", default=None, help="broker base URL ($JOBCAST_BROKER)")
     parser.add_argument("--tasks", action="append", default=[], help="task module (repeat)")
     parser.add_argument("--grace-s", type=float, default=WARM_GRACE_S)
+    parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
+                        help=f"attempts held at once, 1-{MAX_PREFETCH} (short tasks only)")  # fmt: skip
     parser.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--curve-secret", default=None, help="own CURVE key pair file")
     parser.add_argument("--curve-server", default=None, help="the broker's public key file")
@@ -351,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     modules = args.tasks or list(registry.DEFAULT_TASK_MODULES)
     try:
+        check_prefetch(args.prefetch)
         url = broker_url(args.broker)
         endpoints(url)
         registry.load_modules(modules)
@@ -358,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"jobcast agent: {exc}\n")
         return 2
-    return Agent(url, modules, grace_s=args.grace_s, notify_fd=args.notify_fd, curve=curve).run()
+    agent = Agent(url, modules, grace_s=args.grace_s, notify_fd=args.notify_fd, curve=curve,
+                  prefetch=args.prefetch)  # fmt: skip
+    return agent.run()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from broker.protocol import Assign
 from broker.security import ClientKeys
-from workers.pipes import READ_CHUNK_BYTES, MessageReader, PipeMessage, write_message
+from workers.pipes import READ_CHUNK_BYTES, MessageReader, PipeMessage, pack
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class Child:
         self.control_fd = control_fd
         self.result_fd = result_fd
         self._reader = MessageReader()
+        self._pending = bytearray()  # control messages not written yet (the pipe was full)
         self._closed = False
 
     @classmethod
@@ -44,6 +45,7 @@ class Child:
             os.close(control_r)
             os.close(result_w)
         os.set_blocking(result_r, False)
+        os.set_blocking(control_w, False)  # a slot that prefetches must not block on a busy child
         logger.info("runner child %d started", proc.pid)
         return cls(proc, control_w, result_r)
 
@@ -53,13 +55,31 @@ class Child:
         return self.proc.pid
 
     def assign(self, msg: Assign) -> None:
-        """Hand an attempt to the (idle) child; OSError if it is gone."""
+        """Queue an attempt for the child (it runs them in order); ``flush`` writes it."""
         header = {"cmd": "assign", "id": msg.id, "attempt": msg.attempt, "task": msg.task}
-        write_message(self.control_fd, header, msg.args)
+        self._pending += pack(header, msg.args)
 
     def cancel(self, job_id: str, attempt: int) -> None:
-        """Ask the child to cancel an attempt; its next ``progress()`` raises."""
-        write_message(self.control_fd, {"cmd": "cancel", "id": job_id, "attempt": attempt})
+        """Queue a cancel: the next ``progress()`` of that attempt raises, or it never starts."""
+        self._pending += pack({"cmd": "cancel", "id": job_id, "attempt": attempt})
+
+    def return_waiting(self) -> None:
+        """Queue a return: the child drops what it has not started and lists it."""
+        self._pending += pack({"cmd": "return"})
+
+    @property
+    def wants_write(self) -> bool:
+        """Whether control messages wait for room in the pipe."""
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Write what the pipe takes now, without blocking; OSError if the child is gone."""
+        while self._pending:
+            try:
+                written = os.write(self.control_fd, self._pending)
+            except BlockingIOError:
+                return
+            del self._pending[:written]
 
     def read(self) -> tuple[list[PipeMessage], bool]:
         """Messages now readable without blocking, and whether the pipe reached EOF."""

@@ -39,12 +39,14 @@ class BrokerConnection:
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], poller: zmq.Poller,
                  broker: str, ready: Callable[[], Ready],
-                 curve: ClientKeys | None = None) -> None:  # fmt: skip
+                 curve: ClientKeys | None = None,
+                 on_lost: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.context = context
         self.curve = curve
         self.poller = poller
         self.broker = broker
         self.ready = ready
+        self.on_lost = on_lost  # called when the DEALER is dropped: held work may be re-run
         self.dealer: zmq.Socket[bytes] | None = None
         self.liveness = Liveness(heartbeat_interval_s())
         self.backoff = Backoff()
@@ -83,6 +85,8 @@ class BrokerConnection:
         delay_s = self.backoff.next_delay_s()
         self.reconnect_at = now + delay_s
         logger.warning("%s; reconnecting in %.2f s", reason, delay_s)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def send(self, msg: Message, now: float) -> None:
         """Send a message; results wait for the next connection if there is none."""

@@ -3,8 +3,8 @@
 Progress is published on the runner's own PUB socket (topic = job id) at most every
 ``PROGRESS_INTERVAL_S``; the latest call is always remembered, flushed when the task
 ends and reported in ``Done.last``, so the last figures are never lost. When the agent
-asks for a cancel (a message on the control pipe), the next ``progress()`` raises
-``JobCancelled``.
+asks for a cancel (``cancel_check``, the runner's look at its control pipe), the next
+``progress()`` raises ``JobCancelled``.
 
 ``log(text)`` lines go to ``log_sink`` (the runner writes them to the agent, which sends
 them to the broker on its DEALER, so they arrive in order and before the attempt's
@@ -14,7 +14,6 @@ them to the broker on its DEALER, so they arrive in order and before the attempt
 from __future__ import annotations
 
 import logging
-import select
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -24,7 +23,6 @@ import zmq
 from broker.errors import JobCancelled
 from broker.protocol import Progress, encode
 from workers.logbuffer import LogBuffer
-from workers.pipes import read_message
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class Job:
         *,
         task: str = "",
         publisher: zmq.Socket[bytes] | None = None,
-        control_fd: int | None = None,
+        cancel_check: Callable[[], bool] | None = None,
         clock: Clock = time.monotonic,
         log_sink: LogSink | None = None,
     ) -> None:
@@ -53,7 +51,7 @@ class Job:
         self.attempt = attempt
         self.task = task
         self._publisher = publisher
-        self._control_fd = control_fd
+        self._cancel_check = cancel_check
         self._clock = clock
         self._latest: tuple[int, int, str] | None = None
         self._published: tuple[int, int, str] | None = None
@@ -142,22 +140,11 @@ class Job:
 
     def _check_cancel(self, now: float) -> None:
         self._checked_at = now
-        fd = self._control_fd
-        if fd is None or self._cancelled:
+        if self._cancel_check is None or self._cancelled:
             return
-        readable, _, _ = select.select([fd], [], [], 0)
-        if readable:
-            self._cancelled = self._is_cancel_for_me(read_message(fd))
-
-    def _is_cancel_for_me(self, message: tuple[dict[str, Any], bytes] | None) -> bool:
-        if message is None:  # the agent is gone: stop as soon as possible
-            logger.warning("job %s control pipe closed; cancelling", self.id)
-            return True
-        header, _ = message
-        mine = header.get("cmd") == "cancel" and header.get("id") == self.id
-        if mine:
+        self._cancelled = self._cancel_check()
+        if self._cancelled:
             logger.info("job %s cancel requested", self.id)
-        return mine
 
 
 def _check_count(name: str, value: object) -> None:

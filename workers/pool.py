@@ -25,7 +25,7 @@ from broker.addresses import broker_url, endpoints
 from broker.liveness import Backoff
 from broker.security import ClientKeys, client_keys
 from workers import registry
-from workers.agent import WARM_GRACE_S
+from workers.agent import DEFAULT_PREFETCH, MAX_PREFETCH, WARM_GRACE_S, check_prefetch
 from workers.signals import SignalFlags
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class Pool:
 
     def __init__(self, broker: str, slots: int, task_modules: list[str], *,
                  grace_s: float = WARM_GRACE_S, ready_stream: TextIO | None = None,
-                 curve: ClientKeys | None = None) -> None:  # fmt: skip
+                 curve: ClientKeys | None = None, prefetch: int = DEFAULT_PREFETCH) -> None:  # fmt: skip
         self.broker = broker
+        self.prefetch = prefetch
         self.curve = curve
         self.task_modules = task_modules
         self.grace_s = grace_s
@@ -101,7 +102,8 @@ class Pool:
     def _start(self, agent: AgentProcess) -> None:
         read_fd, write_fd = os.pipe()
         argv = [sys.executable, "-m", "workers.agent", "--broker", self.broker,
-                "--grace-s", str(self.grace_s), "--notify-fd", str(write_fd)]  # fmt: skip
+                "--grace-s", str(self.grace_s), "--notify-fd", str(write_fd),
+                "--prefetch", str(self.prefetch)]  # fmt: skip
         for module in self.task_modules:
             argv += ["--tasks", module]
         argv += self.curve.argv() if self.curve is not None else []
@@ -189,18 +191,20 @@ def _kill_group(pgid: int) -> None:
 
 def run_pool(broker: str, slots: int, task_modules: list[str], *,
              grace_s: float = WARM_GRACE_S, ready_stream: TextIO | None = None,
-             curve: ClientKeys | None = None) -> int:  # fmt: skip
+             curve: ClientKeys | None = None, prefetch: int = DEFAULT_PREFETCH) -> int:  # fmt: skip
     """Run ``slots`` agents for ``broker`` until SIGTERM/SIGINT; return the exit code.
 
     Raises:
         TaskModuleError: a task module does not import (checked before any agent starts).
-        ValueError: a bad broker URL, slot count or CURVE key file.
+        ValueError: a bad broker URL, slot count, prefetch or CURVE key file.
     """
     endpoints(broker)
+    check_prefetch(prefetch)
     if slots < 1:
         raise ValueError(f"slots must be >= 1 (got {slots})")
     registry.load_modules(task_modules)
-    pool = Pool(broker, slots, task_modules, grace_s=grace_s, ready_stream=ready_stream, curve=curve)
+    pool = Pool(broker, slots, task_modules, grace_s=grace_s, ready_stream=ready_stream, curve=curve,
+                prefetch=prefetch)  # fmt: skip
     return pool.run()
 
 
@@ -230,6 +234,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a warm shutdown lets running jobs finish",
     )
     parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=DEFAULT_PREFETCH,
+        help=f"jobs a slot may hold at once, 1-{MAX_PREFETCH}; the broker sends more than one "
+        f"only for tasks whose runs are short (default {DEFAULT_PREFETCH})",
+    )
+    parser.add_argument(
         "--curve-secret",
         default=None,
         metavar="FILE",
@@ -255,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.tasks or list(registry.DEFAULT_TASK_MODULES)
     try:
         curve = client_keys(args.curve_secret, args.curve_server)
-        return run_pool(broker_url(args.broker), args.slots, modules, grace_s=args.grace_s, curve=curve)
+        return run_pool(broker_url(args.broker), args.slots, modules, grace_s=args.grace_s, curve=curve,
+                        prefetch=args.prefetch)  # fmt: skip
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"jobcast worker: {exc}\n")
         return 2

@@ -1,4 +1,4 @@
-"""The long-lived runner child of one worker slot: it runs attempts, one at a time.
+"""The long-lived runner child of one worker slot: it runs attempts, one at a time, in order.
 
 The agent starts it once (``python -m workers.runner``) and keeps it until it dies or
 must be killed (timeout, cancel past its grace): never one process per job. They talk
@@ -6,10 +6,16 @@ over two pipes (not stdin/stdout, which task code may use), in ``workers.pipes``
 
     agent → runner   {"cmd": "assign", "id", "attempt", "task"} + args JSON
                      {"cmd": "cancel", "id", "attempt"}
+                     {"cmd": "return"}      (drop every assignment not started yet)
     runner → agent   {"log": [lines], "id", "attempt"}      (any number, before the outcome)
                      {"outcome": "done", "id", "attempt", "last"} + result JSON
                      {"outcome": "failed", "id", "attempt", "last", "error", "retry"}
                      {"outcome": "cancelled", "id", "attempt", "last"}
+                     {"returned": [[id, attempt], ...]}      (the answer to a return)
+
+A slot that prefetches writes several assignments ahead; the runner runs them in order,
+and ``workers.inbox`` makes a cancel or a return written after them count first. Every
+assignment gets exactly one outcome or is listed once as returned.
 
 The runner owns its own zmq context and PUB socket for progress. It exits when the
 control pipe closes.
@@ -18,6 +24,7 @@ control pipe closes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -37,7 +44,8 @@ from broker.protocol import MAX_RESULT_BYTES
 from broker.security import client_keys, configure_client
 from workers import registry
 from workers.context import Job, LogSink
-from workers.pipes import read_message, write_message
+from workers.inbox import AttemptKey, ControlInbox, ReturnSink
+from workers.pipes import write_message
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +125,29 @@ def error_record(exc: BaseException) -> dict[str, str]:
 
 
 def serve(control_fd: int, result_fd: int, publisher: zmq.Socket[bytes] | None) -> None:
-    """Run assignments from the control pipe until it closes."""
-    while (message := read_message(control_fd)) is not None:
-        header, payload = message
-        if header.get("cmd") != "assign":
-            continue  # a cancel that arrived after its job ended
+    """Run assignments from the control pipe, in order, until it closes."""
+    inbox = ControlInbox(control_fd, on_return=return_writer(result_fd))
+    while (assignment := inbox.next_assign()) is not None:
+        header, payload, cancelled = assignment
         job_id, attempt = str(header["id"]), int(header["attempt"])
-        job = Job(job_id, attempt, task=str(header["task"]), publisher=publisher, control_fd=control_fd,
+        job = Job(job_id, attempt, task=str(header["task"]), publisher=publisher,
+                  cancel_check=functools.partial(inbox.cancelled, (job_id, attempt)),
                   log_sink=log_writer(result_fd, job_id, attempt))  # fmt: skip
+        if cancelled:  # cancelled while it waited here: it never starts
+            write_message(result_fd, _outcome(job, "cancelled"))
+            continue
         logger.debug("job %s attempt %d running %s", job.id, job.attempt, job.task)
         outcome, result = execute(job, payload)
         write_message(result_fd, outcome, result)
+
+
+def return_writer(result_fd: int) -> ReturnSink:
+    """Where the attempts dropped unstarted by a ``return`` are reported: the result pipe."""
+
+    def write(returned: list[AttemptKey]) -> None:
+        write_message(result_fd, {"returned": [list(key) for key in returned]})
+
+    return write
 
 
 def log_writer(result_fd: int, job_id: str, attempt: int) -> LogSink:

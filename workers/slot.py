@@ -1,6 +1,6 @@
-"""What a worker slot is doing, as plain data: the attempt it holds and its deadlines (pure).
+"""What a worker slot is doing, as plain data: the attempts it holds and their deadlines (pure).
 
-The agent's I/O shell keeps one ``Attempt`` while its runner child works, and turns the
+The agent's I/O shell keeps an ``Attempt`` per job it holds, and turns the
 runner's outcome records into the wire's ``Done`` / ``Failed`` here.
 """
 
@@ -14,21 +14,33 @@ from broker.protocol import Assign, Done, Failed
 
 @dataclass(slots=True)
 class Attempt:
-    """The attempt a slot is running, with its timeout and cancel deadlines (monotonic)."""
+    """An attempt the slot holds, with its timeout and cancel deadlines (monotonic).
+
+    A slot that prefetches holds several; only the first has started (``started_at``),
+    the others wait in the runner's pipe. ``stop_asked`` records a Stop that came for it.
+    """
 
     id: str
     attempt: int
     task: str
-    started_at: float
+    assign: Assign
     timeout_s: float | None = None
+    started_at: float | None = None
     deadline: float | None = None
     cancel_deadline: float | None = None
+    stop_asked: bool = False
 
     @classmethod
-    def start(cls, msg: Assign, timeout_s: float | None, now: float) -> Attempt:
-        """The bookkeeping for an ``Assign`` accepted at ``now``."""
-        deadline = None if timeout_s is None else now + timeout_s
-        return cls(msg.id, msg.attempt, msg.task, now, timeout_s, deadline)
+    def hold(cls, msg: Assign, timeout_s: float | None) -> Attempt:
+        """The bookkeeping for an accepted ``Assign``, not started yet."""
+        return cls(msg.id, msg.attempt, msg.task, msg, timeout_s)
+
+    def begin(self, now: float, cancel_grace_s: float) -> None:
+        """It starts now: its timeout runs from here (and a Stop asked before, its grace)."""
+        self.started_at = now
+        self.deadline = None if self.timeout_s is None else now + self.timeout_s
+        if self.stop_asked:
+            self.cancel_deadline = now + cancel_grace_s
 
     def matches(self, job_id: Any, attempt: Any) -> bool:
         """Whether a message is about this very attempt."""

@@ -1,0 +1,24 @@
+"""How many attempts a worker slot may hold at once for a task (pure).
+
+A slot that announced ``prefetch`` > 1 is sent more jobs while it runs one, so it never
+waits for the broker between short jobs and the broker, the agent and the runner each
+handle several jobs per wake-up. Only short tasks are prefetched: a job held behind
+others waits for them, and a slot elsewhere may come free meanwhile. So a slot holds at
+most about ``PREFETCH_BUDGET_S`` of work by the task's mean run time, and a task whose
+mean is not known yet (no finished run) or is longer than half the budget gets one job
+per slot, as with no prefetch at all (Celery's prefetch multiplier, bounded by time).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFETCH_BUDGET_S: Final = 0.05
+MIN_RUN_S: Final = 1e-4  # below it a mean is taken as this (a 0 s mean would mean any depth)
+
+
+def prefetch_depth(prefetch: int, mean_run_s: float | None) -> int:
+    """How many attempts of a task whose runs take ``mean_run_s`` a slot may hold."""
+    if prefetch <= 1 or mean_run_s is None:
+        return 1
+    return max(1, min(prefetch, int(PREFETCH_BUDGET_S / max(mean_run_s, MIN_RUN_S))))

@@ -1,0 +1,152 @@
+"""Pure tests of prefetch: slots that hold several short jobs, and what happens to them.
+
+A slot announces ``prefetch`` in its Ready; the broker sends it more than one job only for
+a task whose mean run time is short (``broker.prefetch``). The first job a slot holds is
+the one running; the others never started, so losing or releasing them costs no attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_core import C1, C2, W1, W2, Harness, assert_sent, sent, states
+
+from broker import protocol as p
+from broker.prefetch import PREFETCH_BUDGET_S, prefetch_depth
+
+
+def ready(prefetch: int, tasks: tuple[str, ...] = ("echo", "report")) -> p.Ready:
+    return p.Ready(tasks=list(tasks), pid=7, host="h", prefetch=prefetch)
+
+
+def learn_short_echo(broker: Harness, peer: bytes, now: float = 0.0) -> None:
+    """One echo run of 2 ms on ``peer``: echo's mean run time is known, and short."""
+    job_id = broker.submit_id(C2, now, args={"warm": 1})
+    assign = assert_sent(broker.history, peer, p.Assign, id=job_id)
+    broker.worker(peer, p.Done(id=job_id, attempt=assign.attempt, result=b"{}"), now + 0.002)
+
+
+def assigned(effects: list[Any], peer: bytes) -> list[str]:
+    return [msg.id for msg in sent(effects, peer, p.Assign)]
+
+
+def view(broker: Harness, job_id: str, now: float) -> dict[str, Any]:
+    return broker.status(job_id, now).job
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "mean_s", "depth"),
+    [(1, 0.001, 1), (16, None, 1), (16, 0.001, 16), (16, 0.01, 5), (16, PREFETCH_BUDGET_S / 2, 2),
+     (16, PREFETCH_BUDGET_S, 1), (16, 30.0, 1), (16, 0.0, 16), (400, 0.0, 400)],
+)  # fmt: skip
+def test_depth_holds_about_the_budget_of_a_short_task(
+    prefetch: int, mean_s: float | None, depth: int
+) -> None:
+    assert prefetch_depth(prefetch, mean_s) == depth
+
+
+def test_a_slot_that_prefetches_holds_several_short_jobs_in_order() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    ids = [broker.submit_id(C1, 1.0, args={"i": i}) for i in range(6)]
+    assert assigned(broker.history, W1)[1:] == ids[:4]  # the warm-up, then 4 held at once
+    assert [view(broker, job_id, 1.0)["state"] for job_id in ids] == ["running"] * 4 + ["queued"] * 2
+    effects = broker.worker(W1, p.Done(id=ids[0], attempt=1, result=b"{}"), 1.01)
+    assert assigned(effects, W1) == [ids[4]]  # topped up to 4 again
+
+
+def test_a_task_with_no_known_run_time_or_long_runs_gets_one_job_per_slot() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=16), 0.0)
+    first = broker.submit_id(C1, 0.0, task="report", args={"i": 1})
+    second = broker.submit_id(C1, 0.0, task="report", args={"i": 2})
+    assert assigned(broker.history, W1) == [first]  # mean unknown: no prefetch
+    broker.worker(W1, p.Done(id=first, attempt=1, result=b"{}"), 30.0)  # a 30 s report
+    broker.submit_id(C1, 30.0, task="report", args={"i": 3})
+    assert assigned(broker.history, W1) == [first, second]  # still one at a time
+    assert view(broker, second, 30.0)["state"] == "running"
+
+
+def test_idle_slots_get_work_before_busy_ones_are_topped_up() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    broker.worker(W2, ready(prefetch=4), 0.5)
+    a = broker.submit_id(C1, 1.0, args={"i": 1})
+    b = broker.submit_id(C1, 1.0, args={"i": 2})
+    assert assigned(broker.history, W1)[1:] == [a]
+    assert assigned(broker.history, W2) == [b]  # idle W2 first, though W1 has room
+
+
+def test_the_next_held_job_starts_when_the_one_before_it_ends() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    first = broker.submit_id(C1, 1.0, args={"i": 1})
+    second = broker.submit_id(C1, 1.0, args={"i": 2})
+    broker.worker(W1, p.Done(id=first, attempt=1, result=b"{}"), 1.5)
+    started = view(broker, second, 1.5)["started_at"]
+    assert started == pytest.approx(1.5 + 1_700_000_000.0)  # not when it was sent, at 1.0
+
+
+def test_a_lost_slot_spends_an_attempt_only_on_the_job_it_ran() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    ids = [broker.submit_id(C1, 1.0, args={"i": i}) for i in range(3)]
+    broker.worker(W2, ready(prefetch=4), 1.0)
+    broker.worker(W2, p.Heartbeat(), 3.9)
+    effects = broker.tick(4.05)  # W1 silent past its liveness: lost with 3 held
+    again = sent(effects, W2, p.Assign)
+    assert {msg.id: msg.attempt for msg in again} == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
+    assert view(broker, ids[1], 4.05)["attempts"] == 1
+
+
+def test_release_gives_an_unstarted_job_back_without_spending_an_attempt() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    first = broker.submit_id(C1, 1.0, args={"i": 1})
+    second = broker.submit_id(C1, 1.0, args={"i": 2})
+    effects = broker.worker(W1, p.Bye(), 1.1)  # warm shutdown: W1 keeps its running job
+    assert assigned(effects, W1) == []
+    effects = broker.worker(W1, p.Release(id=second, attempt=1), 1.2)
+    assert states(effects) == ["queued"]
+    assert view(broker, second, 1.2)["attempts"] == 0
+    broker.worker(W2, ready(prefetch=4), 1.3)
+    assert_sent(broker.history, W2, p.Assign, id=second, attempt=1)
+    broker.worker(W1, p.Done(id=first, attempt=1, result=b"{}"), 1.4)
+    assert W1 not in broker.core.workers  # gone once it held nothing
+
+
+def test_a_release_from_a_slot_that_does_not_hold_the_job_changes_nothing() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    broker.worker(W2, ready(prefetch=4), 0.0)
+    job_id = broker.submit_id(C1, 1.0)
+    holder = W1 if assigned(broker.history, W1) else W2
+    other = W2 if holder == W1 else W1
+    stale = broker.core.counters["stale_messages"]
+    effects = broker.worker(other, p.Release(id=job_id, attempt=1), 1.1)
+    assert states(effects) == []
+    assert broker.core.counters["stale_messages"] == stale + 1
+    assert view(broker, job_id, 1.1)["state"] == "running"
+
+
+def test_cancel_of_a_held_job_that_waits_tells_its_slot() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    first = broker.submit_id(C1, 1.0, args={"i": 1})
+    second = broker.submit_id(C1, 1.0, args={"i": 2})
+    broker.req += 1
+    effects = broker.client(C1, p.Cancel(req=broker.req, id=second), 1.1)
+    assert_sent(effects, W1, p.Stop, id=second, attempt=1)
+    assert view(broker, second, 1.1)["state"] == "cancelled"
+    cancelled = {"type": "JobCancelled", "message": "job was cancelled", "traceback": ""}
+    broker.worker(W1, p.Failed(id=second, attempt=1, error=cancelled, retry=False), 1.2)
+    broker.worker(W1, p.Done(id=first, attempt=1, result=b"{}"), 1.3)
+    assert view(broker, first, 1.3)["state"] == "done"
+    assert view(broker, second, 1.3)["state"] == "cancelled"
