@@ -171,6 +171,7 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             **live_counts(live),
             "workers": len(self.workers),
             "idle_workers": self.workers.idle_count(),
+            "prefetched": self.workers.prefetched(),
             "waiting_clients": sum(len(waiting) for waiting in self.waiters.values()),
             "tasks": sorted(self.defaults.tasks()),
             **self.controls.stats(),

@@ -1,9 +1,10 @@
 """Worker messages to the broker core: ready, log, done, failed, release, gone, leaving (pure).
 
 A slot may hold several attempts (``broker.prefetch``); it runs them in the order it was
-sent them, so the first one it holds is the one running. When a slot is lost, that one
-has spent an attempt; the others never started, so they go back to the queue without
-counting one (as when the slot gives them back with ``Release``).
+sent them, so the first one it holds is the one running. When a slot is lost, every
+attempt it held counts as spent: the broker cannot know how far the slot got, and an
+attempt number must never name two runs. One it gives back with ``Release`` never
+started, and goes back to the queue without counting.
 """
 
 from __future__ import annotations
@@ -80,28 +81,22 @@ class WorkerMessages(BrokerState):
     def _worker_release(self, peer: bytes, msg: p.Release, now: float) -> None:
         job = self._held_job(peer, msg.id, msg.attempt, now)
         if job is not None and job.state is State.RUNNING:
-            self._unstarted_back(job, now)
-
-    def _unstarted_back(self, job: Job, now: float) -> None:
-        """An attempt that never started goes back to the queue; it does not count."""
-        job.attempts -= 1
-        self._requeue(job, now, delay_s=0.0)
+            job.attempts -= 1  # it never started: the attempt does not count
+            self._requeue(job, now, delay_s=0.0)
 
     def _worker_gone(self, slot: WorkerSlot, now: float, *, reason: str, lost: bool) -> None:
         self.workers.leave(slot.peer)
-        for index, job_id in enumerate(list(slot.held)):
-            job = self.jobs.get(job_id)
-            if job is None or job.state is not State.RUNNING:
-                continue
-            if index:
-                self._unstarted_back(job, now)
-            elif not lost:
+        held = [self.jobs.get(job_id) for job_id in slot.held]
+        running = [job for job in held if job is not None and job.state is State.RUNNING]
+        if lost and running:
+            self.counters["workers_lost"] += 1
+        for job in running:
+            if not lost:
                 self._requeue(job, now, delay_s=0.0)
-            else:
-                self.counters["workers_lost"] += 1
-                logger.warning("job %s lost its worker %s: %s", job.id, slot.peer.hex(), reason)
-                error = {"type": "WorkerLost", "message": reason, "traceback": ""}
-                self._attempt_failed(job, error, now, retry=True, immediate=True)
+                continue
+            logger.warning("job %s lost its worker %s: %s", job.id, slot.peer.hex(), reason)
+            error = {"type": "WorkerLost", "message": reason, "traceback": ""}
+            self._attempt_failed(job, error, now, retry=True, immediate=True)
 
     def _worker_leaving(self, slot: WorkerSlot | None, now: float) -> None:
         """Warm shutdown: a busy worker finishes its job first (and gives back the ones it

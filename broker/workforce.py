@@ -170,6 +170,10 @@ class Workforce:
         """The slot of ``peer``, if connected."""
         return self._slots.get(peer)
 
+    def prefetched(self) -> int:
+        """Jobs held by slots behind the one each runs (counted as running by their state)."""
+        return sum(len(slot.held) - 1 for slot in self._slots.values() if slot.held)
+
     def idle_count(self) -> int:
         """How many slots are idle."""
         return len(self._idle)

@@ -180,6 +180,39 @@ def test_w1_sigkill_chaos_every_job_done_exactly_once(
     assert pool.proc.poll() is None
 
 
+@pytest.mark.timeout(90)
+def test_w1b_sigkill_chaos_with_prefetched_short_jobs_runs_each_exactly_once(
+    client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, history: History
+) -> None:
+    """W1 with jobs of 2 ms, so every slot holds several at once (``broker.prefetch``)."""
+    pool = start_workers(2, "--prefetch", "8")
+    wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
+    client.map("record", [{"path": ledger + ".warm", "i": k} for k in range(4)])  # a short mean
+    prefetched = 0
+    for i in range(600):
+        job = client.submit("record", {"path": ledger, "i": i, "seconds": 0.002})
+        history.acknowledged(job.view, str(i))
+        prefetched = max(prefetched, client.stats()["prefetched"] if i % 20 == 0 else 0)
+    assert prefetched > 0, "no slot held more than one job"
+    ids = list(history.acked)
+    rng = random.Random(2)
+    killed: set[int] = set()
+    for _ in range(5):
+        tree = slot_tree(pool.pid)
+        agent = rng.choice(sorted(tree)) if tree else None
+        if agent is not None:
+            victims = [agent, *tree[agent]] if rng.random() < 0.5 else tree[agent][:1]
+            for pid in victims:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)  # the chaos period, not a synchronisation
+    finals = final_views(client, ids, timeout_s=60)
+    problems = history.check(finals, read_ledger(ledger), exactly_once=True, killed=killed)
+    assert problems == [], problems[:10]
+    assert {view["state"] for view in finals.values()} == {"done"}
+    assert any(view["attempts"] > 1 for view in finals.values()), "the chaos hit no job"
+
+
 def test_w2_killed_slot_is_requeued_within_l_h_plus_h_and_watchers_see_it(
     client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, history: History,
     watchers: Watchers,

@@ -38,6 +38,7 @@ FINAL_STATES: Final = ("done", "failed", "cancelled")
 GAUGES: Final = {
     "workers": "live worker slots",
     "idle_workers": "idle worker slots",
+    "prefetched": "running jobs held by a slot behind the one it runs (short tasks)",
     "waiting_clients": "clients waiting for a job's end",
 }
 
