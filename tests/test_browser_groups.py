@@ -44,13 +44,20 @@ def test_demo_parallel_report_one_bar_to_100_then_the_total(web_stack: WebStack,
     assert not page.console_errors and not page.dialogs
 
 
+def child_error(web_stack: WebStack, job_id: str) -> object:
+    """A child's state and error, to show why a group failed."""
+    view = httpx.get(f"{web_stack.url}/api/jobs/{job_id}").json()
+    return view.get("state"), view.get("attempts"), view.get("error")
+
+
 def test_group_page_child_bars_follow_and_a_failure_shows(web_stack: WebStack, page: Any) -> None:  # noqa: F811
     args = [{"n": i, "seconds": 1.5, "steps": 6, "fail": i == 2} for i in range(4)]
     group = httpx.post(f"{web_stack.url}/api/groups", json={"task": "step", "args": args}, timeout=10).json()
     page.goto(f"{web_stack.url}/groups/{group['id']}")
     page.wait_for_function(f"() => {CHILD_MOVED}")
     page.wait_for_selector("[data-jobcast-kind=group][data-jobcast-state=failed]", timeout=30_000)
-    assert "1 failed" in page.inner_text("[data-jobcast-kind=group] .jobcast-error")
+    shown = page.inner_text("[data-jobcast-kind=group] .jobcast-error")
+    assert "1 failed" in shown, [child_error(web_stack, row["id"]) for row in group["children"]]
     page.wait_for_function(
         "() => document.querySelectorAll('[data-jobcast-child][data-jobcast-state=done]').length === 3"
     )

@@ -108,7 +108,7 @@ def test_idle_workers_lru() -> None:
     slots = {peer: workers.join(peer, Ready(tasks=["t"]), 0.0) for peer in [b"w1", b"w2", b"w3"]}
     assert [s.peer for s in workers.idle_in_order()] == [b"w1", b"w2", b"w3"]
     workers.take(slots[b"w1"], "job-1")
-    workers.release(slots[b"w1"])  # back from a job: now the most recently used
+    workers.release(slots[b"w1"], "job-1")  # back from a job: now the most recently used
     assert [s.peer for s in workers.idle_in_order()] == [b"w2", b"w3", b"w1"]
     workers.retire(slots[b"w2"])  # said Bye: idle no more
     assert [s.peer for s in workers.idle_in_order()] == [b"w3", b"w1"]
