@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from broker import protocol as p
+from broker.batches import batch_reply, child_submits
 from broker.errors import BadArguments
 from broker.group_desk import check_group
 from broker.jobs import Job, State
@@ -20,9 +21,22 @@ class ClientRequests(BrokerState):
     """The handlers of client requests (``BrokerProtocol.receive_client`` dispatches here)."""
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
-        checked = self._check_submit(msg, now)
-        self.out.to_client(peer, checked if isinstance(checked, p.Error) else self._admit(checked, now))
+        self.out.to_client(peer, self._submit_one(msg, now))
         self._dispatch(now)
+
+    def _submit_many(self, peer: bytes, msg: p.SubmitMany, now: float) -> None:
+        """Each item admitted as a lone submit; one reply for all (``broker.batches``)."""
+        try:
+            items = child_submits(msg)
+        except BadArguments as exc:
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
+            return
+        self.out.to_client(peer, batch_reply(msg.req, [self._submit_one(item, now) for item in items]))
+        self._dispatch(now)
+
+    def _submit_one(self, msg: p.Submit, now: float) -> p.Snapshot | p.Error:
+        checked = self._check_submit(msg, now)
+        return checked if isinstance(checked, p.Error) else self._admit(checked, now)
 
     def _submit_group(self, peer: bytes, msg: p.SubmitGroup, now: float) -> None:
         room = self.max_live_jobs - len(self.by_key)

@@ -44,6 +44,8 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
         match msg:
             case p.Submit():
                 self._submit(peer, msg, now)
+            case p.SubmitMany():
+                self._submit_many(peer, msg, now)
             case p.SubmitGroup():
                 self._submit_group(peer, msg, now)
             case p.Status():

@@ -50,6 +50,7 @@ PURE = [
     "placement",
     "task_controls",
     "alljobs",
+    "batches",
     "tally",
 ]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]
