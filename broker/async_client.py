@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
-from broker.batches import batch_messages, batch_views
+from broker.batches import batch_messages, batch_views, wait_messages
 from broker.errors import ProtocolError
 from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
@@ -232,13 +232,15 @@ class AsyncClient:
         return [final_result(view) for view in await self._wait_final(list(job_ids), timeout)]
 
     async def _wait_final(self, job_ids: list[str], timeout: float | None) -> list[dict[str, Any]]:
-        """Final views of jobs, in order: WAIT for all at once (pipelined), then collect."""
+        """Final views of jobs, in order: WAITS for all at once (pipelined), then collect."""
         deadline = asyncio.get_running_loop().time() + (timeout or 1e9)
-        waits = [p.Wait(req=next(self._reqs), id=job_id) for job_id in job_ids]
+        first = next(self._reqs)
+        self._reqs = itertools.count(first + max(len(job_ids), 1))  # WAITS' replies use them all
+        waits, msgs = wait_messages(first, job_ids)
         futures = [self._expect(wait.req) for wait in waits]
         try:
-            for wait in waits:
-                await self.socket.send_multipart(p.encode(wait))
+            for msg in msgs:
+                await self.socket.send_multipart(p.encode(msg))
             pairs = zip(waits, futures, strict=True)
             return [await self._final_view(wait, future, deadline) for wait, future in pairs]
         finally:

@@ -9,7 +9,8 @@ its ``error`` may hold a retried attempt's error).
 
 The client side: ``batch_messages`` splits ``map``'s args into batches of at most
 ``MAX_GROUP_SIZE`` objects and ``MAX_ARGS_BYTES`` of payload (an args object too large to
-share one goes as a lone ``Submit``), and ``batch_views`` reads the replies back.
+share one goes as a lone ``Submit``), and ``batch_views`` reads the replies back;
+``wait_messages`` asks for many final snapshots in ``WaitMany`` messages.
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def batch_messages(
     if chunk:
         msgs.append(_batch(next(reqs), task, chunk, options))
     return msgs
+
+
+def wait_messages(first_req: int, job_ids: list[str]) -> tuple[list[p.Wait], list[p.Wait | p.WaitMany]]:
+    """One ``Wait`` per id (request numbers from ``first_req`` on, consecutive) and the
+    messages that send them: a ``WaitMany`` per MAX_GROUP_SIZE ids (a lone id: its ``Wait``)."""
+    waits = [p.Wait(req=first_req + index, id=job_id) for index, job_id in enumerate(job_ids)]
+    msgs: list[p.Wait | p.WaitMany] = []
+    for start in range(0, len(waits), MAX_GROUP_SIZE):
+        chunk = waits[start : start + MAX_GROUP_SIZE]
+        msgs.append(chunk[0] if len(chunk) == 1 else p.WaitMany(req=chunk[0].req, ids=[w.id for w in chunk]))
+    return waits, msgs
 
 
 def _canonical(args: Any, index: int) -> bytes:

@@ -19,7 +19,7 @@ import zmq
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncGroup, AsyncJob
-from broker.batches import batch_messages, batch_views
+from broker.batches import batch_messages, batch_views, wait_messages
 from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
 from broker.replies import (
@@ -271,17 +271,17 @@ class Client:
         return Group(self, job_view(self._call(msg)))
 
     def _wait_final(self, job_ids: list[str], deadline: float) -> list[p.Message]:
-        """Final snapshots of jobs, in order: WAIT for all at once (pipelined), then collect.
+        """Final snapshots of jobs, in order: WAITS for all at once (pipelined), then collect.
 
         A broker restart forgets who was waiting, so a wait that hears nothing for
         ``WAIT_RECHECK_S`` reads the job's status and sends its WAIT again (the broker
         keeps one registration per request, so repeating it is harmless).
         """
-        waits = [p.Wait(req=next(self._reqs), id=job_id) for job_id in job_ids]
+        waits, msgs = wait_messages(self._reserve(len(job_ids)), job_ids)
         self._pending.update(wait.req for wait in waits)
         try:
-            for wait in waits:
-                self.socket.send_multipart(p.encode(wait))
+            for msg in msgs:
+                self.socket.send_multipart(p.encode(msg))
             return [self._collect_final(wait, deadline) for wait in waits]
         finally:
             for wait in waits:
@@ -325,6 +325,12 @@ class Client:
             event = published_event(sub.recv_multipart(), job_id) if has_event else self.status(job_id)
 
     # --- transport ---------------------------------------------------------------------------
+
+    def _reserve(self, count: int) -> int:
+        """The first of ``count`` consecutive request numbers (a WAITS' replies use them all)."""
+        first = next(self._reqs)
+        self._reqs = itertools.count(first + max(count, 1))
+        return first
 
     def _call(self, msg: p.Message, timeout_s: float | None = None) -> p.Message:
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)

@@ -8,6 +8,7 @@ from broker import protocol as p
 from broker.batches import batch_reply, child_submits
 from broker.errors import BadArguments
 from broker.group_desk import check_group
+from broker.groups import MAX_GROUP_SIZE
 from broker.jobs import Job, State
 from broker.listing import check_filters, encode_views, select_jobs
 from broker.retry import resubmission, retry_spec
@@ -166,12 +167,20 @@ class ClientRequests(BrokerState):
         logger.info("job %s retried (%s)", msg.id, answer.task)
         self._submit(peer, answer, now)
 
-    def _wait(self, peer: bytes, msg: p.Wait, now: float) -> None:
-        job = self.jobs.get(msg.id)
+    def _wait(self, peer: bytes, req: int, job_id: str, now: float) -> None:
+        job = self.jobs.get(job_id)
         if job is None or job.is_final:
-            self._reply_job(peer, msg.req, msg.id, now)
+            self._reply_job(peer, req, job_id, now)
             return
-        self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
+        self.waiters.setdefault(job.id, {})[(peer, req)] = None  # a repeated WAIT: no-op
+
+    def _wait_many(self, peer: bytes, msg: p.WaitMany, now: float) -> None:
+        if not 1 <= len(msg.ids) <= MAX_GROUP_SIZE:
+            message = f"a wait takes 1..{MAX_GROUP_SIZE} ids (got {len(msg.ids)})"
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=message))
+            return
+        for index, job_id in enumerate(msg.ids):
+            self._wait(peer, msg.req + index, job_id, now)
 
     def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
         reply, record = self.controls.pause(msg, self.storage_error)

@@ -90,6 +90,15 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WaitMany:
+    """``Wait`` for each of ``ids`` (1..1000): the reply for ``ids[i]`` is its own snapshot,
+    sent once it is final, with ``req + i``."""
+
+    req: int
+    ids: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
     """Ask for queue, worker and counter figures (and per-task metrics if ``metrics``)."""
 
@@ -289,6 +298,7 @@ Message: TypeAlias = (
     | Status
     | Cancel
     | Wait
+    | WaitMany
     | Stats
     | Pause
     | Resume

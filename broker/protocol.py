@@ -12,7 +12,8 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
 
 Who sends what::
 
-    client → broker    SUBMIT SUBMITS GROUP STATUS CANCEL WAIT STATS LIST RETRY PAUSE RESUME
+    client → broker    SUBMIT SUBMITS GROUP STATUS CANCEL WAIT WAITS STATS LIST RETRY PAUSE
+                       RESUME
     broker → client    JOB (a job or group snapshot, result as payload) ERROR
                        COUNTERS (per-task metrics JSON as payload when STATS asked for them;
                                  also the reply to PAUSE and RESUME)
@@ -31,6 +32,10 @@ array holds, in order, the item's job view, or for an item refused on its own
 ``{"error": {"code": CODE, "message": TEXT}}`` (CODE as in ERROR; no "id", which every
 job view has): one refused item never sinks the others. A payload that is not such an
 array (1..1000 objects) gets ERROR and admits nothing.
+
+WAITS is WAIT for 1..1000 ids at once (``ids`` in the header): the reply for the i-th id
+is its own JOB (or ERROR), sent when that job is final, with ``req`` + i; a client reserves
+that many consecutive request numbers.
 
 The all-jobs topic ``ALL_JOBS_TOPIC`` (``*``, which can never start a job id: ids are
 URL-safe base64) carries a copy of every job's events, published only while someone
@@ -77,6 +82,7 @@ from broker.messages import (
     SubmitGroup,
     SubmitMany,
     Wait,
+    WaitMany,
 )
 
 __all__ = [
@@ -116,6 +122,7 @@ __all__ = [
     "SubmitGroup",
     "SubmitMany",
     "Wait",
+    "WaitMany",
 ]
 
 TAG: Final = b"JC01"
@@ -135,6 +142,7 @@ class Command(bytes, Enum):
     STATUS = b"STATUS"
     CANCEL = b"CANCEL"
     WAIT = b"WAIT"
+    WAITS = b"WAITS"
     STATS = b"STATS"
     PAUSE = b"PAUSE"
     RESUME = b"RESUME"
@@ -166,7 +174,7 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
     Progress: Command.PROGRESS, Event: Command.EVENT, ListJobs: Command.LIST,
     JobList: Command.JOBS, Retry: Command.RETRY, SubmitGroup: Command.GROUP,
-    Log: Command.LOG, SubmitMany: Command.SUBMITS,
+    Log: Command.LOG, SubmitMany: Command.SUBMITS, WaitMany: Command.WAITS,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})

@@ -9,7 +9,7 @@ import pytest
 from test_core import C1, C2, W1, FakeResults, Harness, assert_not_sent, assert_sent, finish, sent
 
 from broker import protocol as p
-from broker.batches import batch_messages, batch_reply, batch_views, child_submits
+from broker.batches import batch_messages, batch_reply, batch_views, child_submits, wait_messages
 from broker.core import BrokerProtocol
 from broker.effects import Journal, Publish, SendClient, SendWorker
 from broker.errors import BadArguments, PayloadTooLarge, ProtocolError, QueueFull, UnknownTask
@@ -241,3 +241,40 @@ def test_a_batch_reply_round_trips_a_thousand_views() -> None:
     views = slots(effects)
     assert len(views) == len(set(view["id"] for view in views)) == MAX_GROUP_SIZE
     assert len(sent(effects, C1, p.JobList)) == 1
+
+
+# --- WAITS: one message, one reply per job when it ends ---------------------------------------
+
+
+def test_wait_many_replies_per_job_with_consecutive_reqs() -> None:
+    h = Harness()
+    h.ready(W1, 0.0)
+    first = assert_sent(h.submit(C2, 0.0, args={"n": 1}), W1, p.Assign)
+    finish(h, W1, first, 1.0)
+    running = assert_sent(h.submit(C2, 2.0, args={"n": 2}), W1, p.Assign)
+    effects = h.client(C1, p.WaitMany(req=100, ids=[running.id, first.id, "A" * 22]), 3.0)
+    assert_sent(effects, C1, p.Snapshot, req=101, job={"id": first.id, "state": "done"})
+    assert_sent(effects, C1, p.Error, req=102, code="unknown_job")
+    assert len([e for e in effects if isinstance(e, SendClient)]) == 2  # the running one waits
+    h.client(C1, p.WaitMany(req=100, ids=[running.id]), 3.5)  # repeated (a restart check): no-op
+    done = finish(h, W1, running, 4.0)
+    assert_sent(done, C1, p.Snapshot, req=100, job={"id": running.id, "state": "done"})
+
+
+def test_wait_many_past_its_bound_is_refused_and_registers_nothing() -> None:
+    h = Harness()
+    job_id = h.submit_id(C1, 0.0)
+    effects = h.client(C1, p.WaitMany(req=5, ids=[job_id] * (MAX_GROUP_SIZE + 1)), 1.0)
+    error = assert_sent(effects, C1, p.Error, req=5, code="bad_args")
+    assert f"1..{MAX_GROUP_SIZE} ids" in error.message
+    assert_sent(h.client(C1, p.WaitMany(req=9, ids=[]), 1.0), C1, p.Error, req=9, code="bad_args")
+    assert h.core.stats()["waiting_clients"] == 0
+
+
+def test_wait_messages_split_ids_and_keep_a_lone_wait() -> None:
+    waits, msgs = wait_messages(10, [f"id{i}" for i in range(2001)])
+    assert [w.req for w in waits] == list(range(10, 2011))
+    assert [type(m).__name__ for m in msgs] == ["WaitMany", "WaitMany", "Wait"]
+    assert msgs[1] == p.WaitMany(req=1010, ids=[f"id{i}" for i in range(1000, 2000)])
+    assert msgs[2] == p.Wait(req=2010, id="id2000")
+    assert wait_messages(1, []) == ([], [])

@@ -51,6 +51,7 @@ SAMPLES: list[p.Message] = [
     p.Status(req=2, id=JOB_ID),
     p.Cancel(req=3, id=JOB_ID),
     p.Wait(req=4, id=JOB_ID),
+    p.WaitMany(req=40, ids=[JOB_ID, "x" * 22]),
     p.Stats(req=5),
     p.Pause(req=10, task="report"),
     p.Resume(req=11, task="report"),
@@ -379,6 +380,29 @@ def test_submit_many_payload_at_the_bound_is_accepted() -> None:
 )
 def test_rejects_submit_many_with_bad_header(header: dict[str, Any], phrase: str) -> None:
     refuse(frames_of(p.SubmitMany, header, b"[{}]"), phrase)
+
+
+def test_wait_many_is_its_own_readable_command() -> None:
+    frames = p.encode(p.WaitMany(req=7, ids=[JOB_ID]))
+    assert frames[1] == b"WAITS" and json.loads(frames[2]) == {"req": 7, "ids": [JOB_ID]}
+    assert len(frames) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "phrase"),
+    [
+        ({"req": 1, "ids": [JOB_ID, 5]}, "WaitMany.ids: wrong type list"),
+        ({"req": 1, "ids": JOB_ID}, "WaitMany.ids: wrong type str"),
+        ({"req": 1}, "WaitMany: .*ids"),
+        ({"req": 1, "ids": ["\ud800"]}, "lone surrogate"),
+    ],
+)
+def test_rejects_wait_many_with_bad_ids(header: dict[str, Any], phrase: str) -> None:
+    refuse(frames_of(p.WaitMany, header), phrase)
+
+
+def test_rejects_wait_many_with_a_payload() -> None:
+    refuse(frames_of(p.WaitMany, {"req": 1, "ids": [JOB_ID]}, b"[]"), "at most 3 frames")
 
 
 def test_rejects_log_lines_not_strings() -> None:
