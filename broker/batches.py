@@ -3,9 +3,9 @@
 A group (``SubmitGroup``) and a batch (``SubmitMany``) both carry one task, one set of
 options and a JSON array of args objects. The broker turns either into one ``Submit`` per
 object (``child_submits``) and admits each as it would a lone submit. A batch is answered
-with one ``JobList`` (``batch_reply``): per item, in order, its job view, or for an item
-refused on its own ``{"error": {"code", "message"}}`` (no ``id``: a job view has one, and
-its ``error`` may hold a retried attempt's error).
+with one ``JobList`` (``batch_reply``): per item, in order, its job view (``slot_view``:
+no log lines, no error), or for an item refused on its own ``{"error": {"code",
+"message"}}`` (no ``id``: every job view has one).
 
 The client side: ``batch_messages`` splits ``map``'s args into batches of at most
 ``MAX_GROUP_SIZE`` objects and ``MAX_ARGS_BYTES`` of payload (an args object too large to
@@ -49,12 +49,21 @@ def child_submits(msg: p.SubmitGroup | p.SubmitMany) -> list[p.Submit]:
 
 
 def batch_reply(req: int, outcomes: list[p.Snapshot | p.Error]) -> p.JobList:
-    """The reply to a batch: each admitted item's view, each refused item's error, in order."""
+    """The reply to a batch: each admitted item's slot view, each refused item's error, in order."""
     slots = [
-        {"error": {"code": o.code, "message": o.message}} if isinstance(o, p.Error) else o.job
+        {"error": {"code": o.code, "message": o.message}} if isinstance(o, p.Error) else slot_view(o.job)
         for o in outcomes
     ]
     return p.JobList(req=req, views=_COMPACT.encode(slots).encode())
+
+
+def slot_view(view: dict[str, Any]) -> dict[str, Any]:
+    """A job view for a batch reply: without its log lines and error (``status`` has them),
+    so 1000 views (each then a few KiB at most) stay well within the ``JobList`` bound."""
+    return {name: value for name, value in view.items() if name not in _LEFT_OUT}
+
+
+_LEFT_OUT: Final = frozenset({"log", "error"})
 
 
 def batch_messages(
@@ -121,7 +130,7 @@ def batch_views(
     for reply, msg in zip(replies, msgs, strict=True):
         slots = _slots(reply) if isinstance(msg, p.SubmitMany) else [_single(reply)]
         for slot in slots:
-            error = None if "id" in slot else slot.get("error")  # a view may hold a retried attempt's
+            error = None if "id" in slot else slot.get("error")
             if isinstance(error, dict):
                 message = f"job {len(views)}: {error.get('message', '')}"
                 raise error_for_code(str(error.get("code", "")), message)

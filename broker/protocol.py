@@ -28,7 +28,8 @@ options (the header is GROUP's), in at most ``MAX_ARGS_BYTES`` of payload in all
 batch costs the broker no more memory than one large submission; a client sends an args
 object that cannot share a batch as a lone SUBMIT). The broker admits every item exactly
 as a lone SUBMIT (checks, cache hit, coalescing, queue_full) and answers one JOBS whose
-array holds, in order, the item's job view, or for an item refused on its own
+array holds, in order, the item's job view (less its log lines and error, which
+``status`` gives: 1000 views stay within the JOBS bound), or for an item refused on its own
 ``{"error": {"code": CODE, "message": TEXT}}`` (CODE as in ERROR; no "id", which every
 job view has): one refused item never sinks the others. A payload that is not such an
 array (1..1000 objects) gets ERROR and admits nothing.
