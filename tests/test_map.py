@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import ReadyProcess
+from helpers import ReadyProcess, wait_for
 
 from broker.client import AsyncClient, Client
 from broker.errors import BadArguments, JobCancelled, JobFailed, QueueFull, UnknownJob
@@ -120,3 +122,27 @@ def test_async_map_and_results(
     assert mapped == [{"a": i} for i in range(1500)]
     assert fetched == [{"b": 0}, {"b": 1}, {"b": 2}]
     assert failed_id and cancelled_id and failed_id != cancelled_id
+
+
+def test_results_survive_a_broker_restart(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
+) -> None:
+    first = start_broker()
+    with Client(base_url, timeout_s=10) as client:
+        ids = [client.submit("echo", {"across": i}).id for i in range(3)]
+    results: list[Any] = []
+
+    def wait() -> None:
+        with Client(base_url, timeout_s=5) as waiter:
+            results.extend(waiter.results(ids, timeout=40))  # one WAITS for the three
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["waiting_clients"] == 3, timeout_s=10)
+    first.signal(signal.SIGKILL)  # the broker forgets who was waiting
+    first.wait(timeout_s=10)
+    start_broker()
+    start_workers(1)
+    thread.join(timeout=30)
+    assert results == [{"across": 0}, {"across": 1}, {"across": 2}]
