@@ -15,11 +15,13 @@ import zmq.asyncio
 
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
+from broker.batches import batch_messages, batch_views, wait_messages
 from broker.errors import ProtocolError
 from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
 from broker.replies import (
     EventFollower,
+    batch_options,
     counters,
     final_result,
     group_message,
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0
 WAIT_RECHECK_S: Final = 2.0
+MAP_BATCHES_IN_FLIGHT: Final = 4
 
 
 class AsyncJob:
@@ -85,7 +88,7 @@ class AsyncGroup:
 
     async def results(self, timeout: float | None = None) -> list[Any]:
         """Every child's result, in order; raises the first JobFailed / JobCancelled."""
-        return list(await asyncio.gather(*(self.client.result(job_id, timeout) for job_id in self.job_ids)))
+        return await self.client.results(self.job_ids, timeout)
 
 
 class AsyncClient:
@@ -202,25 +205,63 @@ class AsyncClient:
 
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Wait until the job ends and return its final view (failed/cancelled raise nothing)."""
+        return (await self._wait_final([job_id], timeout))[0]
+
+    async def map(
+        self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None, **options: Any
+    ) -> list[Any]:
+        """Run ``task`` once per args, in parallel across the pool; results in order.
+
+        Batched and pipelined as ``Client.map``; raises what it raises.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or 1e9)
-        wait = p.Wait(req=next(self._reqs), id=job_id)
-        future = self._expect(wait.req)
+        args_list = list(args_list)
+        msgs = batch_messages(self._reqs, task, args_list, batch_options(options))
+        gate = asyncio.Semaphore(MAP_BATCHES_IN_FLIGHT)
+
+        async def call(msg: p.SubmitMany | p.Submit) -> p.Message:
+            async with gate:
+                return await self._call(msg, max(0.001, deadline - loop.time()))
+
+        views = batch_views(list(await asyncio.gather(*map(call, msgs))), msgs, len(args_list))
+        return await self.results([view["id"] for view in views], max(0.001, deadline - loop.time()))
+
+    async def results(self, job_ids: list[str], timeout: float | None = None) -> list[Any]:
+        """Wait for every job; their results in the given order (see ``Client.results``)."""
+        return [final_result(view) for view in await self._wait_final(list(job_ids), timeout)]
+
+    async def _wait_final(self, job_ids: list[str], timeout: float | None) -> list[dict[str, Any]]:
+        """Final views of jobs, in order: WAITS for all at once (pipelined), then collect."""
+        deadline = asyncio.get_running_loop().time() + (timeout or 1e9)
+        first = next(self._reqs)
+        self._reqs = itertools.count(first + max(len(job_ids), 1))  # WAITS' replies use them all
+        waits, msgs = wait_messages(first, job_ids)
+        futures = [self._expect(wait.req) for wait in waits]
         try:
-            await self.socket.send_multipart(p.encode(wait))
-            while True:  # a restarted broker forgets waiters: re-check, then repeat the WAIT
-                slice_s = min(WAIT_RECHECK_S, deadline - loop.time())
-                if slice_s <= 0:
-                    raise TimeoutError(f"job {job_id} did not end in time")
-                done, _ = await asyncio.wait({future}, timeout=slice_s)
-                if done:
-                    return job_view(future.result())
-                view = await self.status(job_id)
-                if view["state"] in FINAL_STATES:
-                    return view
-                await self.socket.send_multipart(p.encode(wait))  # same req: the broker dedupes
+            for msg in msgs:
+                await self.socket.send_multipart(p.encode(msg))
+            pairs = zip(waits, futures, strict=True)
+            return [await self._final_view(wait, future, deadline) for wait, future in pairs]
         finally:
-            self._pending.pop(wait.req, None)
+            for wait in waits:
+                self._pending.pop(wait.req, None)
+
+    async def _final_view(
+        self, wait: p.Wait, future: asyncio.Future[p.Message], deadline: float
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        while True:  # a restarted broker forgets waiters: re-check, then repeat the WAIT
+            slice_s = min(WAIT_RECHECK_S, deadline - loop.time())
+            if slice_s <= 0:
+                raise TimeoutError(f"job {wait.id} did not end in time")
+            done, _ = await asyncio.wait({future}, timeout=slice_s)
+            if done:
+                return job_view(future.result())
+            view = await self.status(wait.id)
+            if view["state"] in FINAL_STATES:
+                return view
+            await self.socket.send_multipart(p.encode(wait))  # same req: the broker dedupes
 
     def on_done(self, job_id: str, hook: Callable[[dict[str, Any]], Any]) -> None:
         """Call ``hook(final_view)`` (awaited if it returns an awaitable) once the job ends.

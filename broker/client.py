@@ -19,10 +19,12 @@ import zmq
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncGroup, AsyncJob
+from broker.batches import batch_messages, batch_views, wait_messages
 from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
 from broker.replies import (
     EventFollower,
+    batch_options,
     counters,
     final_result,
     group_message,
@@ -41,6 +43,7 @@ __all__ = ["AsyncClient", "AsyncGroup", "AsyncJob", "Client", "Group", "Job"]
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0  # with no event for this long, re-read the snapshot (PUB may drop)
 WAIT_RECHECK_S: Final = 2.0  # with no final reply for this long, check the job (broker restart?)
+MAP_BATCHES_IN_FLIGHT: Final = 4  # more keeps the broker no busier, only makes its turns longer
 
 
 class Job:
@@ -100,9 +103,7 @@ class Group:
 
     def results(self, timeout: float | None = None) -> list[Any]:
         """Every child's result, in order; raises the first JobFailed / JobCancelled."""
-        deadline = time.monotonic() + (timeout or 1e9)
-        finals = self.client._wait_final(self.job_ids, deadline)
-        return [final_result(job_view(reply)) for reply in finals]
+        return self.client.results(self.job_ids, timeout)
 
     def cancel(self) -> None:
         """Cancel every child that has not finished."""
@@ -238,13 +239,27 @@ class Client:
     ) -> list[Any]:
         """Run ``task`` once per args, in parallel across the pool; results in order.
 
-        Submissions and waits are pipelined: one round trip for all, not one per job.
+        The args go in batches (one SUBMITS message per up to 1000, a few in flight), each
+        admitted as a lone ``submit`` would be; then ``results`` waits for all. A refused
+        args object raises what ``submit`` would (its index named); the others still run.
         """
         deadline = time.monotonic() + (timeout or 1e9)
-        msgs = [submit_message(next(self._reqs), task, args, **submit_options(options)) for args in args_list]
-        views = [job_view(r) for r in self._call_many(msgs, deadline)]
-        finals = self._wait_final([view["id"] for view in views], deadline)
-        return [final_result(job_view(reply)) for reply in finals]
+        args_list = list(args_list)
+        msgs = batch_messages(self._reqs, task, args_list, batch_options(options))
+        replies = self._call_many(msgs, deadline, window=MAP_BATCHES_IN_FLIGHT)
+        views = batch_views(replies, msgs, len(args_list))
+        return self._results([view["id"] for view in views], deadline)
+
+    def results(self, job_ids: list[str], timeout: float | None = None) -> list[Any]:
+        """Wait for every job; their results in the given order (one round trip for all).
+
+        Raises JobFailed / JobCancelled for the first job, in order, that did not end
+        done (UnknownJob for an unknown id), and TimeoutError past ``timeout`` seconds.
+        """
+        return self._results(list(job_ids), time.monotonic() + (timeout or 1e9))
+
+    def _results(self, job_ids: list[str], deadline: float) -> list[Any]:
+        return [final_result(job_view(reply)) for reply in self._wait_final(job_ids, deadline)]
 
     def group(self, task: str, args_list: list[dict[str, Any]], **options: Any) -> Group:
         """Submit one job per args as one group, watched as one bar (``Group``).
@@ -256,17 +271,17 @@ class Client:
         return Group(self, job_view(self._call(msg)))
 
     def _wait_final(self, job_ids: list[str], deadline: float) -> list[p.Message]:
-        """Final snapshots of jobs, in order: WAIT for all at once (pipelined), then collect.
+        """Final snapshots of jobs, in order: WAITS for all at once (pipelined), then collect.
 
         A broker restart forgets who was waiting, so a wait that hears nothing for
         ``WAIT_RECHECK_S`` reads the job's status and sends its WAIT again (the broker
         keeps one registration per request, so repeating it is harmless).
         """
-        waits = [p.Wait(req=next(self._reqs), id=job_id) for job_id in job_ids]
+        waits, msgs = wait_messages(self._reserve(len(job_ids)), job_ids)
         self._pending.update(wait.req for wait in waits)
         try:
-            for wait in waits:
-                self.socket.send_multipart(p.encode(wait))
+            for msg in msgs:
+                self.socket.send_multipart(p.encode(msg))
             return [self._collect_final(wait, deadline) for wait in waits]
         finally:
             for wait in waits:
@@ -311,17 +326,30 @@ class Client:
 
     # --- transport ---------------------------------------------------------------------------
 
+    def _reserve(self, count: int) -> int:
+        """The first of ``count`` consecutive request numbers (a WAITS' replies use them all)."""
+        first = next(self._reqs)
+        self._reqs = itertools.count(first + max(count, 1))
+        return first
+
     def _call(self, msg: p.Message, timeout_s: float | None = None) -> p.Message:
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         return self._call_many([msg], deadline)[0]
 
-    def _call_many(self, msgs: list[Any], deadline: float) -> list[p.Message]:
+    def _call_many(self, msgs: list[Any], deadline: float, window: int | None = None) -> list[p.Message]:
+        """Replies to ``msgs`` in order, pipelined: at most ``window`` unanswered (None: all)."""
         reqs = [msg.req for msg in msgs]
+        ahead = len(msgs) if window is None else window
         self._pending.update(reqs)
         try:
-            for msg in msgs:
+            for msg in msgs[:ahead]:
                 self.socket.send_multipart(p.encode(msg))
-            return [self._await_reply(req, deadline) for req in reqs]
+            replies = []
+            for index, req in enumerate(reqs):
+                replies.append(self._await_reply(req, deadline))
+                if index + ahead < len(msgs):
+                    self.socket.send_multipart(p.encode(msgs[index + ahead]))
+            return replies
         finally:
             self._pending.difference_update(reqs)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from broker import protocol as p
+from broker.batches import batch_reply, child_submits
 from broker.errors import BadArguments
 from broker.group_desk import check_group
+from broker.groups import MAX_GROUP_SIZE
 from broker.jobs import Job, State
 from broker.listing import check_filters, encode_views, select_jobs
 from broker.retry import resubmission, retry_spec
@@ -20,9 +22,22 @@ class ClientRequests(BrokerState):
     """The handlers of client requests (``BrokerProtocol.receive_client`` dispatches here)."""
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
-        checked = self._check_submit(msg, now)
-        self.out.to_client(peer, checked if isinstance(checked, p.Error) else self._admit(checked, now))
+        self.out.to_client(peer, self._submit_one(msg, now))
         self._dispatch(now)
+
+    def _submit_many(self, peer: bytes, msg: p.SubmitMany, now: float) -> None:
+        """Each item admitted as a lone submit; one reply for all (``broker.batches``)."""
+        try:
+            items = child_submits(msg)
+        except BadArguments as exc:
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=str(exc)))
+            return
+        self.out.to_client(peer, batch_reply(msg.req, [self._submit_one(item, now) for item in items]))
+        self._dispatch(now)
+
+    def _submit_one(self, msg: p.Submit, now: float) -> p.Snapshot | p.Error:
+        checked = self._check_submit(msg, now)
+        return checked if isinstance(checked, p.Error) else self._admit(checked, now)
 
     def _submit_group(self, peer: bytes, msg: p.SubmitGroup, now: float) -> None:
         room = self.max_live_jobs - len(self.by_key)
@@ -152,12 +167,20 @@ class ClientRequests(BrokerState):
         logger.info("job %s retried (%s)", msg.id, answer.task)
         self._submit(peer, answer, now)
 
-    def _wait(self, peer: bytes, msg: p.Wait, now: float) -> None:
-        job = self.jobs.get(msg.id)
+    def _wait(self, peer: bytes, req: int, job_id: str, now: float) -> None:
+        job = self.jobs.get(job_id)
         if job is None or job.is_final:
-            self._reply_job(peer, msg.req, msg.id, now)
+            self._reply_job(peer, req, job_id, now)
             return
-        self.waiters.setdefault(job.id, {})[(peer, msg.req)] = None  # a repeated WAIT: no-op
+        self.waiters.setdefault(job.id, {})[(peer, req)] = None  # a repeated WAIT: no-op
+
+    def _wait_many(self, peer: bytes, msg: p.WaitMany, now: float) -> None:
+        if not 1 <= len(msg.ids) <= MAX_GROUP_SIZE:
+            message = f"a wait takes 1..{MAX_GROUP_SIZE} ids (got {len(msg.ids)})"
+            self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=message))
+            return
+        for index, job_id in enumerate(msg.ids):
+            self._wait(peer, msg.req + index, job_id, now)
 
     def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
         reply, record = self.controls.pause(msg, self.storage_error)

@@ -44,6 +44,8 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
         match msg:
             case p.Submit():
                 self._submit(peer, msg, now)
+            case p.SubmitMany():
+                self._submit_many(peer, msg, now)
             case p.SubmitGroup():
                 self._submit_group(peer, msg, now)
             case p.Status():
@@ -51,7 +53,9 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             case p.Cancel():
                 self._cancel(peer, msg, now)
             case p.Wait():
-                self._wait(peer, msg, now)
+                self._wait(peer, msg.req, msg.id, now)
+            case p.WaitMany():
+                self._wait_many(peer, msg, now)
             case p.Pause() | p.Resume():
                 self._pause(peer, msg, now)
             case p.Stats():

@@ -1,7 +1,7 @@
 """The broker's side of groups: submissions, aggregate events, journal and store (pure).
 
 ``BrokerProtocol`` hooks this in thinly: it turns a ``SubmitGroup`` into child ``Submit``
-messages (``child_submits``) and admits each as it would a single job, then calls
+messages (``broker.batches.child_submits``) and admits each as it would a single job, then calls
 ``create``; every job event it publishes passes through ``on_job``; status reads and
 subscriptions for an id that is not a job go to ``snapshot`` and ``republish``.
 
@@ -23,10 +23,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from broker import protocol as p
+from broker.batches import child_submits
 from broker.effects import Journal, Publish, StoreResult
 from broker.errors import BadArguments
-from broker.groups import MAX_GROUP_SIZE, Child, Group, GroupIndex
-from broker.jobs import DEFAULT_TTL_S, Job, parse_args
+from broker.groups import Child, Group, GroupIndex
+from broker.jobs import DEFAULT_TTL_S, Job
 from broker.lifecycle import retention_s
 from broker.outbox import Outbox
 from broker.submission import Submission
@@ -35,22 +36,6 @@ GROUP_RETENTION_S: Final = retention_s(DEFAULT_TTL_S)
 SEQ_EPOCH_SHIFT: Final = 32
 
 StoredView = Callable[[str], "tuple[dict[str, Any], bytes | None] | None"]
-
-
-def child_submits(msg: p.SubmitGroup) -> list[p.Submit]:
-    """One ``Submit`` per args object of a group, in order.
-
-    Raises:
-        BadArguments: the payload is not a JSON array of 1..MAX_GROUP_SIZE objects.
-    """
-    items = parse_args(msg.args or b"null")
-    if not isinstance(items, list):
-        raise BadArguments(f"group args must be a JSON array of objects (got {type(items).__name__})")
-    if not 1 <= len(items) <= MAX_GROUP_SIZE:
-        raise BadArguments(f"a group has 1..{MAX_GROUP_SIZE} jobs (got {len(items)})")
-    options = {name: getattr(msg, name) for name in _OPTIONS}
-    return [p.Submit(req=msg.req, task=msg.task, args=_args_bytes(item, index), **options)
-            for index, item in enumerate(items)]  # fmt: skip
 
 
 def check_group(
@@ -74,15 +59,6 @@ def check_group(
         message = f"the queue has room for {max(room, 0)} more jobs, not {len(checked)}; retry later"
         return p.Error(req=msg.req, code="queue_full", message=message)
     return checked
-
-
-_OPTIONS: Final = ("ttl_s", "force", "priority", "delay_s", "run_at", "scope", "max_attempts", "timeout_s")
-
-
-def _args_bytes(item: Any, index: int) -> bytes:
-    if not isinstance(item, dict):
-        raise BadArguments(f"job {index}: args must be a JSON object (got {type(item).__name__})")
-    return json.dumps(item, separators=(",", ":")).encode()
 
 
 class GroupDesk:

@@ -48,6 +48,24 @@ class SubmitGroup:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitMany:
+    """Submit one job per args object (``args``: a JSON array of objects), each admitted as
+    its own ``Submit`` with these options; the reply is one ``JobList``, a slot per item."""
+
+    req: int
+    task: str
+    args: bytes
+    ttl_s: float | None = None
+    force: bool = False
+    priority: str = "normal"
+    delay_s: float = 0.0
+    run_at: float | None = None
+    scope: str = ""
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
     """Ask for a job's snapshot."""
 
@@ -72,6 +90,15 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WaitMany:
+    """``Wait`` for each of ``ids`` (1..1000): the reply for ``ids[i]`` is its own snapshot,
+    sent once it is final, with ``req + i``."""
+
+    req: int
+    ids: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
     """Ask for queue, worker and counter figures (and per-task metrics if ``metrics``)."""
 
@@ -91,7 +118,8 @@ class ListJobs:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobList:
-    """The reply to ``ListJobs``: ``views`` is a JSON array of job views (payload)."""
+    """The reply to ``ListJobs`` and ``SubmitMany``: ``views`` is a JSON array of job views
+    (payload); in a reply to ``SubmitMany`` a refused item's slot is ``{"error": {...}}``."""
 
     req: int
     views: bytes
@@ -277,9 +305,11 @@ class Event:
 Message: TypeAlias = (
     Submit
     | SubmitGroup
+    | SubmitMany
     | Status
     | Cancel
     | Wait
+    | WaitMany
     | Stats
     | Pause
     | Resume

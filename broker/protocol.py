@@ -7,20 +7,36 @@ Frame grammar (one ZeroMQ multipart message; the ROUTER's peer frame is stripped
     COMMAND    = short ASCII word, see ``Command``
     header     = UTF-8 JSON object, at most MAX_HEADER_BYTES
     payload    = opaque bytes: task args or a result (canonical JSON), at most its bound;
-                 GROUP's payload is a JSON array of args objects, a group snapshot's the
-                 children rows
+                 GROUP's and SUBMITS' payload is a JSON array of args objects, a group
+                 snapshot's the children rows
 
 Who sends what::
 
-    client → broker    SUBMIT GROUP STATUS CANCEL WAIT STATS LIST RETRY PAUSE RESUME
+    client → broker    SUBMIT SUBMITS GROUP STATUS CANCEL WAIT WAITS STATS LIST RETRY PAUSE
+                       RESUME
     broker → client    JOB (a job or group snapshot, result as payload) ERROR
                        COUNTERS (per-task metrics JSON as payload when STATS asked for them;
                                  also the reply to PAUSE and RESUME)
-                       JOBS (reply to LIST: a JSON array of job views as payload)
+                       JOBS (reply to LIST and SUBMITS: a JSON array of job views as payload)
     worker → broker    READY HEARTBEAT LOG DONE FAILED RELEASE BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
+
+SUBMITS carries 1..``MAX_GROUP_SIZE`` (1000) args objects of one task with one set of
+options (the header is GROUP's), in at most ``MAX_ARGS_BYTES`` of payload in all (so a
+batch costs the broker no more memory than one large submission; a client sends an args
+object that cannot share a batch as a lone SUBMIT). The broker admits every item exactly
+as a lone SUBMIT (checks, cache hit, coalescing, queue_full) and answers one JOBS whose
+array holds, in order, the item's job view (less its log lines and error, which
+``status`` gives: 1000 views stay within the JOBS bound), or for an item refused on its own
+``{"error": {"code": CODE, "message": TEXT}}`` (CODE as in ERROR; no "id", which every
+job view has): one refused item never sinks the others. A payload that is not such an
+array (1..1000 objects) gets ERROR and admits nothing.
+
+WAITS is WAIT for 1..1000 ids at once (``ids`` in the header): the reply for the i-th id
+is its own JOB (or ERROR), sent when that job is final, with ``req`` + i; a client reserves
+that many consecutive request numbers.
 
 The all-jobs topic ``ALL_JOBS_TOPIC`` (``*``, which can never start a job id: ids are
 URL-safe base64) carries a copy of every job's events, published only while someone
@@ -66,7 +82,9 @@ from broker.messages import (
     Stop,
     Submit,
     SubmitGroup,
+    SubmitMany,
     Wait,
+    WaitMany,
 )
 
 __all__ = [
@@ -105,7 +123,9 @@ __all__ = [
     "Stop",
     "Submit",
     "SubmitGroup",
+    "SubmitMany",
     "Wait",
+    "WaitMany",
 ]
 
 TAG: Final = b"JC01"
@@ -121,9 +141,11 @@ class Command(bytes, Enum):
     """Every command word on the wire."""
 
     SUBMIT = b"SUBMIT"
+    SUBMITS = b"SUBMITS"
     STATUS = b"STATUS"
     CANCEL = b"CANCEL"
     WAIT = b"WAIT"
+    WAITS = b"WAITS"
     STATS = b"STATS"
     PAUSE = b"PAUSE"
     RESUME = b"RESUME"
@@ -156,13 +178,15 @@ COMMAND_OF: Final[dict[type[Any], Command]] = {
     Failed: Command.FAILED, Stop: Command.STOP, Bye: Command.BYE,
     Progress: Command.PROGRESS, Event: Command.EVENT, ListJobs: Command.LIST,
     JobList: Command.JOBS, Retry: Command.RETRY, SubmitGroup: Command.GROUP,
-    Log: Command.LOG, Release: Command.RELEASE,
+    Log: Command.LOG, Release: Command.RELEASE, SubmitMany: Command.SUBMITS,
+    WaitMany: Command.WAITS,
 }  # fmt: skip
 TYPE_OF: Final = {command: cls for cls, command in COMMAND_OF.items()}
 PUBLISHED: Final = frozenset({Progress, Event})
 PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Submit: "args",
     SubmitGroup: "args",
+    SubmitMany: "args",
     Assign: "args",
     Done: "result",
     Snapshot: "result",
@@ -170,7 +194,8 @@ PAYLOAD_FIELD: Final[dict[type[Any], str]] = {
     Counters: "metrics",
 }
 PAYLOAD_LIMIT: Final[dict[type[Any], int]] = {
-    Submit: MAX_ARGS_BYTES, SubmitGroup: MAX_ARGS_BYTES, Assign: MAX_ARGS_BYTES,
+    Submit: MAX_ARGS_BYTES, SubmitGroup: MAX_ARGS_BYTES, SubmitMany: MAX_ARGS_BYTES,
+    Assign: MAX_ARGS_BYTES,
     Done: MAX_RESULT_BYTES, Snapshot: MAX_RESULT_BYTES, JobList: MAX_RESULT_BYTES,
     Counters: MAX_RESULT_BYTES,
 }  # fmt: skip

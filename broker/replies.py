@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from broker import protocol as p
+from broker.batches import OPTIONS as BATCH_OPTIONS
 from broker.errors import (
     BadArguments,
     JobCancelled,
@@ -54,6 +55,12 @@ def submit_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown submit option {sorted(unknown)[0]!r}")
     return {**defaults, **options}
+
+
+def batch_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``submit``'s keyword options (checked as ``submit_options``) as ``Submit`` fields."""
+    one = submit_message(0, "", {}, **submit_options(options))
+    return {name: getattr(one, name) for name in BATCH_OPTIONS}
 
 
 def group_message(req: int, task: str, args_list: list[dict[str, Any]], **options: Any) -> p.SubmitGroup:

@@ -11,8 +11,12 @@ and the client took, read from /proc/PID/stat, next to the wall-clock jobs/s::
     .venv/bin/python scripts/bench_cpu.py --ab /tmp/base --trials 10     # A/B, both stacks up
 
 With ``--ab TREE`` a stack from each tree runs side by side and the trials alternate
-between them (ABBA order), so both see the same load on a busy machine; the client
-comes from ``--repo`` for both.
+between them (ABBA order), so both see the same load on a busy machine. Each stack is
+driven by a client from its own tree (a driver process, ``--drive``: the wire protocol
+may differ between the trees), and the client figure is that process's CPU.
+
+The one_by_one phase submits one job at a time, then waits for all with
+``client.results(ids)`` (a tree without it: the same pipelined WAITs, ``_wait_final``).
 
 The ``--repo`` tree's ``broker``/``workers`` packages are imported by the children and by
 this process (for the client), so two checkouts can be compared run by run.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -47,6 +52,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--profile", default=None, help="directory for py-spy raw profiles")
     parser.add_argument("--ab", default=None, help="another tree: alternate trials between both")
     parser.add_argument("--json", default=None, help="append one JSON line per trial to FILE")
+    parser.add_argument("--drive", default=None, help=argparse.SUPPRESS)  # URL: be an --ab driver
     return parser.parse_args()
 
 
@@ -86,8 +92,7 @@ def run_phase(name: str, client: Client, n: int, salt: str) -> None:
     """One phase's workload."""
     if name == "one_by_one":
         ids = [client.submit(ARGS.task, {"i": i, "s": salt}).id for i in range(n)]
-        for job_id in ids:
-            client.result(job_id, timeout=300)
+        wait_all(client, ids)
     elif name == "map":
         client.map(ARGS.task, [{"i": i, "s": salt} for i in range(n)], timeout=600)
     elif name == "latency":
@@ -97,16 +102,31 @@ def run_phase(name: str, client: Client, n: int, salt: str) -> None:
         raise SystemExit(f"unknown phase {name}")
 
 
-def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) -> dict[str, float]:
-    """CPU µs per job of each process group over one phase, and jobs/s."""
-    before = {role: tree_ticks(pid) for role, pid in pids.items()}
-    split = role_pids(pids["workers"])
-    split_before = {role: sum(own_ticks(p) for p in group) for role, group in split.items()}
+def wait_all(client: Client, ids: list[str]) -> None:
+    """Every job's result, with pipelined WAITs (a tree older than ``results``: the private way)."""
+    if hasattr(client, "results"):
+        client.results(ids, timeout=300)
+        return
+    from broker.replies import final_result, job_view
+
+    for reply in client._wait_final(ids, time.monotonic() + 300):
+        final_result(job_view(reply))
+
+
+def timed_phase(name: str, client: Client, n: int, salt: str) -> tuple[float, float]:
+    """Run one phase here: (client CPU seconds, wall seconds)."""
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     run_phase(name, client, n, salt)
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
+    return time.process_time() - cpu0, time.perf_counter() - t0
+
+
+def measure(name: str, run: Any, pids: dict[str, int], n: int) -> dict[str, float]:
+    """CPU µs per job of each process group over one phase (``run()`` → client CPU s, wall s)."""
+    before = {role: tree_ticks(pid) for role, pid in pids.items()}
+    split = role_pids(pids["workers"])
+    split_before = {role: sum(own_ticks(p) for p in group) for role, group in split.items()}
+    cpu, wall = run()
     out = {
         f"{role}_us": (tree_ticks(pid) - before[role]) / bench_lib.HZ / n * 1e6 for role, pid in pids.items()
     }
@@ -115,6 +135,53 @@ def measure(name: str, client: Client, pids: dict[str, int], n: int, salt: str) 
     out["client_us"] = cpu / n * 1e6
     out["jobs_per_s"] = n / wall
     return out
+
+
+class Driver:
+    """A client from one tree in its own process (``--drive``), running phases on request."""
+
+    def __init__(self, tree: str, url: str) -> None:
+        argv = [
+            sys.executable,
+            str(HERE / "bench_cpu.py"),
+            "--repo",
+            tree,
+            "--drive",
+            url,
+            "--task",
+            ARGS.task,
+        ]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.call({"phase": "warm", "n": 200, "salt": f"{time.time()}{tree}"})
+
+    def call(self, request: dict[str, Any]) -> tuple[float, float]:
+        """Run one phase in the driver: (its CPU seconds, wall seconds)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return reply["cpu_s"], reply["wall_s"]
+
+    def close(self) -> None:
+        """End the driver (it exits when its stdin closes)."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def drive(url: str) -> None:
+    """Be a driver: one JSON request per stdin line, one JSON reply per stdout line."""
+    with Client(url, timeout_s=60) as client:
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request["phase"] == "warm":
+                client.map(
+                    "bench_noop", [{"w": i, "s": request["salt"]} for i in range(request["n"])], timeout=60
+                )
+                cpu_s, wall_s = 0.0, 0.0
+            else:
+                cpu_s, wall_s = timed_phase(request["phase"], client, request["n"], request["salt"])
+            print(json.dumps({"cpu_s": cpu_s, "wall_s": wall_s}), flush=True)
 
 
 def spy(pid: int, path: str) -> subprocess.Popen[bytes]:
@@ -135,16 +202,17 @@ def ab_trials(phases: list[str], other: str) -> dict[str, list[dict[str, Any]]]:
         for tree in trees:
             bench_lib.REPO = Path(tree)
             s = stack.enter_context(bench_core.stack(ARGS.slots))
-            client = stack.enter_context(Client(s["url"], timeout_s=60))
-            client.map("bench_noop", [{"w": i, "t": tree} for i in range(200)], timeout=60)  # warm
-            setups[tree] = (client, {"broker": s["broker"].pid, "workers": s["worker"].pid})
+            driver = Driver(tree, s["url"])
+            stack.callback(driver.close)
+            setups[tree] = (driver, {"broker": s["broker"].pid, "workers": s["worker"].pid})
         salt = f"{time.time()}"
         for i in range(ARGS.trials):
             for tree in trees if i % 2 == 0 else trees[::-1]:
-                client, pids = setups[tree]
-                out = {
-                    name: measure(name, client, pids, ARGS.jobs, f"{salt}{i}{tree}{name}") for name in phases
-                }
+                driver, pids = setups[tree]
+                out = {}
+                for name in phases:
+                    request = {"phase": name, "n": ARGS.jobs, "salt": f"{salt}{i}{tree}{name}"}
+                    out[name] = measure(name, functools.partial(driver.call, request), pids, ARGS.jobs)
                 results[tree].append(out)
                 record(tree, i, out)
     return results
@@ -170,7 +238,8 @@ def trial(phases: list[str]) -> dict[str, Any]:
         spies = start_spies(pids) if ARGS.profile else []
         try:
             for name in phases:
-                out[name] = measure(name, client, pids, ARGS.jobs, f"{salt}{name}")
+                run = functools.partial(timed_phase, name, client, ARGS.jobs, f"{salt}{name}")
+                out[name] = measure(name, run, pids, ARGS.jobs)
         finally:
             for proc in spies:
                 proc.send_signal(2)
@@ -191,6 +260,9 @@ def start_spies(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
 
 def main() -> None:
     """Run the trials; print each and the medians."""
+    if ARGS.drive:
+        drive(ARGS.drive)
+        return
     phases = ARGS.phases.split(",")
     if ARGS.ab:
         by_tree = ab_trials(phases, ARGS.ab)

@@ -51,6 +51,7 @@ PURE = [
     "prefetch",
     "task_controls",
     "alljobs",
+    "batches",
     "tally",
 ]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]

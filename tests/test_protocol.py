@@ -37,9 +37,21 @@ SAMPLES: list[p.Message] = [
         max_attempts=2,
         timeout_s=9.0,
     ),
+    p.SubmitMany(
+        req=12,
+        task="fetch_feed",
+        args=b'[{"url":"a"},{"url":"b"}]',
+        ttl_s=0.0,
+        priority="high",
+        delay_s=2.0,
+        scope="s",
+        max_attempts=1,
+        timeout_s=3.0,
+    ),
     p.Status(req=2, id=JOB_ID),
     p.Cancel(req=3, id=JOB_ID),
     p.Wait(req=4, id=JOB_ID),
+    p.WaitMany(req=40, ids=[JOB_ID, "x" * 22]),
     p.Stats(req=5),
     p.Pause(req=10, task="report"),
     p.Resume(req=11, task="report"),
@@ -338,6 +350,64 @@ def test_rejects_group_without_args_payload() -> None:
 def test_rejects_oversized_group_payload() -> None:
     frames = frames_of(p.SubmitGroup, {"req": 1, "task": "t"}, b"[" + b" " * p.MAX_ARGS_BYTES + b"]")
     refuse(frames, "payload exceeds")
+
+
+def test_submit_many_is_its_own_readable_command() -> None:
+    frames = p.encode(p.SubmitMany(req=1, task="t", args=b"[{}]"))
+    assert frames[1] == b"SUBMITS" and frames[3] == b"[{}]"
+    assert p.decode(frames) == p.SubmitMany(req=1, task="t", args=b"[{}]")
+
+
+def test_rejects_submit_many_without_args_payload() -> None:
+    refuse(frames_of(p.SubmitMany, {"req": 1, "task": "t"}), "args")
+
+
+def test_rejects_oversized_submit_many_payload() -> None:
+    frames = frames_of(p.SubmitMany, {"req": 1, "task": "t"}, b"[" + b" " * p.MAX_ARGS_BYTES + b"]")
+    refuse(frames, "payload exceeds")
+
+
+def test_submit_many_payload_at_the_bound_is_accepted() -> None:
+    payload = b"[" + b" " * (p.MAX_ARGS_BYTES - 4) + b"{}]"
+    msg = p.decode(frames_of(p.SubmitMany, {"req": 1, "task": "t"}, payload))
+    assert isinstance(msg, p.SubmitMany) and msg.args == payload
+
+
+@pytest.mark.parametrize(
+    ("header", "phrase"),
+    [
+        ({"req": 1, "task": 5}, "SubmitMany.task: wrong type int"),
+        ({"req": 1, "task": "t", "force": "yes"}, "SubmitMany.force: wrong type str"),
+        ({"req": 1, "task": "t", "ttl_s": True}, "SubmitMany.ttl_s: wrong type bool"),
+        ({"req": 1, "task": "t", "ids": []}, "SubmitMany: unknown field 'ids'"),
+        ({"task": "t"}, "SubmitMany: .*req"),
+    ],
+)
+def test_rejects_submit_many_with_bad_header(header: dict[str, Any], phrase: str) -> None:
+    refuse(frames_of(p.SubmitMany, header, b"[{}]"), phrase)
+
+
+def test_wait_many_is_its_own_readable_command() -> None:
+    frames = p.encode(p.WaitMany(req=7, ids=[JOB_ID]))
+    assert frames[1] == b"WAITS" and json.loads(frames[2]) == {"req": 7, "ids": [JOB_ID]}
+    assert len(frames) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "phrase"),
+    [
+        ({"req": 1, "ids": [JOB_ID, 5]}, "WaitMany.ids: wrong type list"),
+        ({"req": 1, "ids": JOB_ID}, "WaitMany.ids: wrong type str"),
+        ({"req": 1}, "WaitMany: .*ids"),
+        ({"req": 1, "ids": ["\ud800"]}, "lone surrogate"),
+    ],
+)
+def test_rejects_wait_many_with_bad_ids(header: dict[str, Any], phrase: str) -> None:
+    refuse(frames_of(p.WaitMany, header), phrase)
+
+
+def test_rejects_wait_many_with_a_payload() -> None:
+    refuse(frames_of(p.WaitMany, {"req": 1, "ids": [JOB_ID]}, b"[]"), "at most 3 frames")
 
 
 def test_rejects_log_lines_not_strings() -> None:
