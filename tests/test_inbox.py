@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from workers.inbox import AttemptKey, ControlInbox
-from workers.pipes import write_message
+from workers.pipes import MAX_FRAME_BYTES, MessageReader, pack, write_message
 
 
 @pytest.fixture
@@ -82,3 +82,16 @@ def test_end_of_file_cancels_the_running_attempt_and_ends_the_work(pipe: tuple[i
     assert inbox.next_assign() is not None  # what was written before the end still runs
     assert inbox.cancelled(("a", 1))
     assert inbox.next_assign() is None
+
+
+def test_the_reader_reassembles_messages_from_any_chunking() -> None:
+    data = pack({"cmd": "assign", "id": "a"}, b"x" * 3000) + pack({"cmd": "return"})
+    for chunk in (1, 3, 4, 5, 1000, len(data)):
+        reader = MessageReader()
+        got = [m for i in range(0, len(data), chunk) for m in reader.feed(data[i : i + chunk])]
+        assert got == [({"cmd": "assign", "id": "a"}, b"x" * 3000), ({"cmd": "return"}, b"")], chunk
+
+
+def test_the_reader_refuses_a_frame_past_its_bound() -> None:
+    with pytest.raises(ValueError, match="pipe frame exceeds"):
+        MessageReader().feed((MAX_FRAME_BYTES + 1).to_bytes(4, "big"))

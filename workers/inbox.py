@@ -43,7 +43,8 @@ class ControlInbox:
     def next_assign(self) -> tuple[dict[str, Any], bytes, bool] | None:
         """The next assignment ``(header, args, cancelled)``, blocking until one comes;
         None at end of file. A cancelled one must be reported, not run."""
-        self.poll()
+        if self._waiting:
+            self.poll()  # a cancel or a return written behind them counts first
         while not self._waiting:
             if self.eof:
                 return None

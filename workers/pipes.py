@@ -88,30 +88,36 @@ class MessageReader:
     """Reassembles messages from a non-blocking pipe read in arbitrary chunks."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._rest = bytearray()  # the start of a frame not complete yet
+        self._needed = 0  # how long ``_rest`` must grow before that frame is whole
         self._frames: list[bytes] = []
 
     def feed(self, data: bytes) -> list[PipeMessage]:
         """Add bytes just read; return every message they complete."""
-        self._buffer += data
+        if self._rest:
+            self._rest += data  # a large frame comes in many reads: no copy per read
+            if len(self._rest) < self._needed:
+                return []
+            data, self._rest = bytes(self._rest), bytearray()
         messages: list[PipeMessage] = []
-        while (frame := self._next_frame()) is not None:
-            self._frames.append(frame)
+        pos, size = 0, len(data)
+        while size - pos >= LENGTH_BYTES:
+            length = int.from_bytes(data[pos : pos + LENGTH_BYTES], "big")
+            if length > MAX_FRAME_BYTES:
+                raise ValueError(f"pipe frame exceeds {MAX_FRAME_BYTES} bytes (got {length})")
+            end = pos + LENGTH_BYTES + length
+            if end > size:
+                break
+            self._frames.append(data[pos + LENGTH_BYTES : end])
+            pos = end
             if len(self._frames) == 2:
                 head, payload = self._frames
                 self._frames = []
                 messages.append((_parse_header(head), payload))
+        if pos < size:
+            self._rest = bytearray(data[pos:])
+            has_length = size - pos >= LENGTH_BYTES
+            self._needed = LENGTH_BYTES + (
+                int.from_bytes(self._rest[:LENGTH_BYTES], "big") if has_length else 0
+            )
         return messages
-
-    def _next_frame(self) -> bytes | None:
-        if len(self._buffer) < LENGTH_BYTES:
-            return None
-        length = int.from_bytes(self._buffer[:LENGTH_BYTES], "big")
-        if length > MAX_FRAME_BYTES:
-            raise ValueError(f"pipe frame exceeds {MAX_FRAME_BYTES} bytes (got {length})")
-        end = LENGTH_BYTES + length
-        if len(self._buffer) < end:
-            return None
-        frame = bytes(self._buffer[LENGTH_BYTES:end])
-        del self._buffer[:end]
-        return frame
