@@ -11,8 +11,9 @@ The agent announces itself with ``Ready``, heartbeats per ``Liveness`` and treat
 message from the broker as proof of life. When the broker goes silent (or says
 ``Bye``) it closes the DEALER, waits ``Backoff.next_delay_s()`` and reconnects with a
 fresh ``Ready``. Task code runs in the ``workers.runner`` child, so the loop never
-blocks: one ``zmq.Poller`` watches the DEALER, the child's result pipe and a signal
-wake-up socket, and every timer is checked on every iteration.
+blocks: one ``zmq.Poller`` watches the DEALER, the child's result pipe, a signal wake-up
+socket and, while writes to the child wait for room, its control pipe; every timer is
+checked on every iteration.
 
 Error ``type`` strings the agent itself reports in ``Failed``: ``Timeout``,
 ``JobCancelled``, ``WorkerLost`` and ``Busy`` (the runner reports the task's own).
