@@ -466,6 +466,39 @@ def test_b1_broker_sigkill_under_load_loses_and_duplicates_nothing(
     assert stats["epoch"] == 3 and (stats["queued"], stats["running"]) == (0, 0)
 
 
+@pytest.mark.timeout(90)
+def test_b1b_broker_sigkill_while_slots_hold_prefetched_jobs_loses_nothing(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    base_url: str, ledger: str, history: History,
+) -> None:  # fmt: skip
+    """B1 with jobs of 5 ms: the broker dies while slots hold several jobs each."""
+    broker = start_broker()
+    start_workers(2, "--prefetch", "8")
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
+        client.map("record", [{"path": ledger + ".warm", "i": k} for k in range(4)])  # a short mean
+        prefetched = 0
+        for i in range(600):
+            job = client.submit("record", {"path": ledger, "i": i, "seconds": 0.005})
+            history.acknowledged(job.view, str(i))
+            prefetched = max(prefetched, client.stats()["prefetched"] if i % 20 == 0 else 0)
+    assert prefetched > 0, "no slot held more than one job"
+    for crash in range(2):
+        if crash == 0:
+            assert sum(e.phase == "end" for e in read_ledger(ledger)) < 600, "crash under load"
+        broker.signal(signal.SIGKILL)
+        broker.wait(timeout_s=10)
+        broker = start_broker()
+        time.sleep(0.2)  # the workers rejoin and take jobs again before the next kill
+    with Client(base_url, timeout_s=10) as client:
+        finals = final_views(client, list(history.acked), timeout_s=60)
+        stats = client.stats()
+    problems = history.check(finals, read_ledger(ledger))
+    assert problems == [], problems[:10]
+    assert {view["state"] for view in finals.values()} == {"done"}
+    assert stats["epoch"] == 3 and (stats["queued"], stats["running"], stats["prefetched"]) == (0, 0, 0)
+
+
 @pytest.mark.timeout(60)
 def test_b3_every_acknowledged_submit_survives_an_immediate_kill(
     start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
