@@ -71,3 +71,23 @@ def _cmdline(pid: int) -> str:
     except FileNotFoundError:
         return ""
     return " ".join(p.decode() for p in parts[:3])
+
+
+@pytest.mark.parametrize("prefetch", ["0", "257"])
+def test_pool_refuses_a_prefetch_out_of_range(base_url: str, part_env: dict[str, str], prefetch: str) -> None:
+    argv = [
+        PYTHON,
+        "-m",
+        "workers",
+        "--broker",
+        base_url,
+        "-n",
+        "1",
+        "--tasks",
+        "tasks",
+        "--prefetch",
+        prefetch,
+    ]
+    proc = subprocess.run(argv, env={**os.environ, **part_env}, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert f"prefetch must be 1-256 (got {prefetch})" in proc.stderr
