@@ -28,6 +28,17 @@ def learn_short_echo(broker: Harness, peer: bytes, now: float = 0.0) -> None:
     broker.worker(peer, p.Done(id=job_id, attempt=assign.attempt, result=b"{}"), now + 0.002)
 
 
+def holding(count: int) -> tuple[Harness, list[str]]:
+    """A broker whose slot W1 (prefetch 4, echo known short) holds ``count`` echo jobs,
+    submitted at 1.0, the first one running."""
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    ids = [broker.submit_id(C1, 1.0, args={"i": i}) for i in range(count)]
+    assert assigned(broker.history, W1)[1:] == ids
+    return broker, ids
+
+
 def assigned(effects: list[Any], peer: bytes) -> list[str]:
     return [msg.id for msg in sent(effects, peer, p.Assign)]
 
@@ -82,21 +93,14 @@ def test_idle_slots_get_work_before_busy_ones_are_topped_up() -> None:
 
 
 def test_the_next_held_job_starts_when_the_one_before_it_ends() -> None:
-    broker = Harness()
-    broker.worker(W1, ready(prefetch=4), 0.0)
-    learn_short_echo(broker, W1)
-    first = broker.submit_id(C1, 1.0, args={"i": 1})
-    second = broker.submit_id(C1, 1.0, args={"i": 2})
+    broker, [first, second] = holding(2)
     broker.worker(W1, p.Done(id=first, attempt=1, result=b"{}"), 1.5)
     started = view(broker, second, 1.5)["started_at"]
     assert started == pytest.approx(1.5 + 1_700_000_000.0)  # not when it was sent, at 1.0
 
 
 def test_a_lost_slot_spends_an_attempt_on_every_job_it_held() -> None:
-    broker = Harness()
-    broker.worker(W1, ready(prefetch=4), 0.0)
-    learn_short_echo(broker, W1)
-    ids = [broker.submit_id(C1, 1.0, args={"i": i}) for i in range(3)]
+    broker, ids = holding(3)
     broker.worker(W2, ready(prefetch=4), 1.0)
     broker.worker(W2, p.Heartbeat(), 3.9)
     effects = broker.tick(4.05)  # W1 silent past its liveness: lost with 3 held
@@ -106,11 +110,7 @@ def test_a_lost_slot_spends_an_attempt_on_every_job_it_held() -> None:
 
 
 def test_release_gives_an_unstarted_job_back_without_spending_an_attempt() -> None:
-    broker = Harness()
-    broker.worker(W1, ready(prefetch=4), 0.0)
-    learn_short_echo(broker, W1)
-    first = broker.submit_id(C1, 1.0, args={"i": 1})
-    second = broker.submit_id(C1, 1.0, args={"i": 2})
+    broker, [first, second] = holding(2)
     effects = broker.worker(W1, p.Bye(), 1.1)  # warm shutdown: W1 keeps its running job
     assert assigned(effects, W1) == []
     effects = broker.worker(W1, p.Release(id=second, attempt=1), 1.2)
@@ -137,11 +137,7 @@ def test_a_release_from_a_slot_that_does_not_hold_the_job_changes_nothing() -> N
 
 
 def test_cancel_of_a_held_job_that_waits_tells_its_slot() -> None:
-    broker = Harness()
-    broker.worker(W1, ready(prefetch=4), 0.0)
-    learn_short_echo(broker, W1)
-    first = broker.submit_id(C1, 1.0, args={"i": 1})
-    second = broker.submit_id(C1, 1.0, args={"i": 2})
+    broker, [first, second] = holding(2)
     broker.req += 1
     effects = broker.client(C1, p.Cancel(req=broker.req, id=second), 1.1)
     assert_sent(effects, W1, p.Stop, id=second, attempt=1)

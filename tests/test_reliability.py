@@ -57,6 +57,20 @@ def slot_tree(pool_pid: int) -> dict[int, list[int]]:
     return tree
 
 
+def kill_a_slot(pool_pid: int, rng: random.Random, killed: set[int], whole_chance: float) -> bool:
+    """SIGKILL a random slot's runner, or (with ``whole_chance``) its agent and runner too;
+    the pids go into ``killed``. Whether anything was killed."""
+    tree = slot_tree(pool_pid)
+    agent = rng.choice(sorted(tree)) if tree else None
+    if agent is None:
+        return False
+    victims = [agent, *tree[agent]] if rng.random() < whole_chance else tree[agent][:1]
+    for pid in victims:
+        killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+    return bool(victims)
+
+
 def final_views(client: Client, ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
     """Each job's status once all of them are final (fails after ``timeout_s``)."""
     views: dict[str, dict[str, Any]] = {}
@@ -118,6 +132,19 @@ def collapse(states: list[str]) -> list[str]:
     return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
 
 
+def submit_short_records(client: Client, ledger: str, history: History, count: int, seconds: float) -> None:
+    """With 2 worker slots up: make ``record``'s mean run short (so slots prefetch it), then
+    submit ``count`` records of ``seconds`` one by one; fails if no slot ever held two."""
+    wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
+    client.map("record", [{"path": ledger + ".warm", "i": k} for k in range(4)])  # its own ledger
+    prefetched = 0
+    for i in range(count):
+        job = client.submit("record", {"path": ledger, "i": i, "seconds": seconds})
+        history.acknowledged(job.view, str(i))
+        prefetched = max(prefetched, client.stats()["prefetched"] if i % 20 == 0 else 0)
+    assert prefetched > 0, "no slot held more than one job"
+
+
 @pytest.fixture
 def ledger(tmpdir_short: str) -> str:
     return os.path.join(tmpdir_short, "ledger")
@@ -157,14 +184,7 @@ def test_w1_sigkill_chaos_every_job_done_exactly_once(
     kills = 0
     chaos_until = time.monotonic() + 2.5
     while time.monotonic() < chaos_until:
-        tree = slot_tree(pool.pid)
-        agent = rng.choice(sorted(tree)) if tree else None
-        if agent is not None:
-            victims = [agent, *tree[agent]] if rng.random() < 0.4 else tree[agent][:1]
-            for pid in victims:
-                killed.add(pid)
-                os.kill(pid, signal.SIGKILL)
-            kills += bool(victims)
+        kills += kill_a_slot(pool.pid, rng, killed, whole_chance=0.4)
         time.sleep(0.3)  # the chaos period, not a synchronisation
     last_kill = time.monotonic()
     wait_for(lambda: len(slot_tree(pool.pid)) == 4 and client.stats()["workers"] == 4, timeout_s=10)
@@ -186,25 +206,12 @@ def test_w1b_sigkill_chaos_with_prefetched_short_jobs_runs_each_exactly_once(
 ) -> None:
     """W1 with jobs of 2 ms, so every slot holds several at once (``broker.prefetch``)."""
     pool = start_workers(2, "--prefetch", "8")
-    wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
-    client.map("record", [{"path": ledger + ".warm", "i": k} for k in range(4)])  # a short mean
-    prefetched = 0
-    for i in range(600):
-        job = client.submit("record", {"path": ledger, "i": i, "seconds": 0.002})
-        history.acknowledged(job.view, str(i))
-        prefetched = max(prefetched, client.stats()["prefetched"] if i % 20 == 0 else 0)
-    assert prefetched > 0, "no slot held more than one job"
+    submit_short_records(client, ledger, history, 600, seconds=0.002)
     ids = list(history.acked)
     rng = random.Random(2)
     killed: set[int] = set()
     for _ in range(5):
-        tree = slot_tree(pool.pid)
-        agent = rng.choice(sorted(tree)) if tree else None
-        if agent is not None:
-            victims = [agent, *tree[agent]] if rng.random() < 0.5 else tree[agent][:1]
-            for pid in victims:
-                killed.add(pid)
-                os.kill(pid, signal.SIGKILL)
+        kill_a_slot(pool.pid, rng, killed, whole_chance=0.5)
         time.sleep(0.3)  # the chaos period, not a synchronisation
     finals = final_views(client, ids, timeout_s=60)
     problems = history.check(finals, read_ledger(ledger), exactly_once=True, killed=killed)
@@ -475,14 +482,7 @@ def test_b1b_broker_sigkill_while_slots_hold_prefetched_jobs_loses_nothing(
     broker = start_broker()
     start_workers(2, "--prefetch", "8")
     with Client(base_url, timeout_s=10) as client:
-        wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
-        client.map("record", [{"path": ledger + ".warm", "i": k} for k in range(4)])  # a short mean
-        prefetched = 0
-        for i in range(600):
-            job = client.submit("record", {"path": ledger, "i": i, "seconds": 0.005})
-            history.acknowledged(job.view, str(i))
-            prefetched = max(prefetched, client.stats()["prefetched"] if i % 20 == 0 else 0)
-    assert prefetched > 0, "no slot held more than one job"
+        submit_short_records(client, ledger, history, 600, seconds=0.005)
     for crash in range(2):
         if crash == 0:
             assert sum(e.phase == "end" for e in read_ledger(ledger)) < 600, "crash under load"
