@@ -228,13 +228,16 @@ class Done:
     """An attempt finished; ``result`` is its JSON result bytes.
 
     ``last`` is the attempt's last progress (``done``, ``total``, ``message``): the PUB
-    copy of it may arrive after this message, and then the broker drops it.
+    copy of it may arrive after this message, and then the broker drops it. ``run_s`` is
+    how long the task ran in the runner: what a task's mean run time is made of, free of
+    the time the job took to get there and back (``broker.prefetch``).
     """
 
     id: str
     attempt: int
     result: bytes
     last: dict[str, Any] | None = None
+    run_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -140,7 +140,10 @@ class BrokerState:
         logger.debug("job %s queued → running on %s (attempt %s)", job.id, slot.peer.hex(), job.attempts)
         self.out.publish(job, now)
 
-    def _finish(self, job: Job, state: State, now: float, error: dict[str, str] | None) -> None:
+    def _finish(
+        self, job: Job, state: State, now: float, error: dict[str, str] | None, run_s: float | None = None
+    ) -> None:
+        """The job ends in ``state`` (``run_s``: how long a done run took in its worker)."""
         was_running = job.state is State.RUNNING
         job.move_to(state)
         job.error = error
@@ -151,7 +154,7 @@ class BrokerState:
         if self.by_key.get(job.cache_key) == job.id:
             del self.by_key[job.cache_key]
         self.etas.pop(job.id, None)
-        self.controls.stopped(job)
+        self.controls.stopped(job, run_s)
         self.out.journal_end(job)
         ttl_s = self.defaults.ttl_s(job) if state is State.DONE else 0.0
         job.seq += 1  # the final seq first, so the stored view and the event agree

@@ -70,13 +70,18 @@ class TaskControls:
         clear_place(job.extra)
         self.placement.changes += 1
 
-    def stopped(self, job: Job) -> None:
-        """The job stopped running or ended (idempotent); a done run feeds the mean run time."""
+    def stopped(self, job: Job, run_s: float | None = None) -> None:
+        """The job stopped running or ended (idempotent); a done run feeds the mean run time:
+        ``run_s`` as its worker timed it, else from its start and end here."""
         self.queue.discard(job.id)
         self.limits.stop(job.id)
         clear_place(job.extra)
         self.placement.changes += 1
-        if job.state is State.DONE and job.started_at is not None and job.finished_at is not None:
+        if job.state is not State.DONE:
+            return
+        if run_s is not None:
+            self.run_times.record(job.task, run_s)
+        elif job.started_at is not None and job.finished_at is not None:
             self.run_times.record(job.task, job.finished_at - job.started_at)
 
     def periodic_due(self, now_wall: float) -> list[tuple[str, dict[str, Any]]]:

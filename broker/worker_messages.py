@@ -22,6 +22,7 @@ from broker.workforce import WorkerSlot, restrict_ready
 logger = logging.getLogger("broker.core")
 
 MAX_ERROR_TEXT: Final = 8192
+MAX_RUN_S: Final = 10**7  # a run time reported past this is not believed
 
 
 class WorkerMessages(BrokerState):
@@ -69,7 +70,8 @@ class WorkerMessages(BrokerState):
         if job.total and job.done < job.total:
             job.done = job.total
         job.result = msg.result
-        self._finish(job, State.DONE, now, error=None)
+        run_s = msg.run_s if msg.run_s is not None and 0 <= msg.run_s <= MAX_RUN_S else None
+        self._finish(job, State.DONE, now, error=None, run_s=run_s)
 
     def _worker_failed(self, peer: bytes, msg: p.Failed, now: float) -> None:
         job = self._held_job(peer, msg.id, msg.attempt, now)

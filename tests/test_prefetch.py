@@ -147,3 +147,23 @@ def test_cancel_of_a_held_job_that_waits_tells_its_slot() -> None:
     broker.worker(W1, p.Done(id=first, attempt=1, result=b"{}"), 1.3)
     assert view(broker, first, 1.3)["state"] == "done"
     assert view(broker, second, 1.3)["state"] == "cancelled"
+
+
+def test_the_run_time_a_worker_reports_is_what_counts_not_the_round_trip() -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    warm = broker.submit_id(C2, 0.0, args={"warm": 1})
+    done = p.Done(id=warm, attempt=1, result=b"{}", run_s=0.001)  # ran 1 ms; seen 2 s later
+    broker.worker(W1, done, 2.0)
+    ids = [broker.submit_id(C1, 3.0, args={"i": i}) for i in range(4)]
+    assert assigned(broker.history, W1)[1:] == ids  # a 1 ms task: prefetched
+
+
+@pytest.mark.parametrize("run_s", [-1.0, 1e9])
+def test_a_run_time_past_belief_is_ignored(run_s: float) -> None:
+    broker = Harness()
+    broker.worker(W1, ready(prefetch=4), 0.0)
+    warm = broker.submit_id(C2, 0.0, args={"warm": 1})
+    broker.worker(W1, p.Done(id=warm, attempt=1, result=b"{}", run_s=run_s), 30.0)  # 30 s here
+    ids = [broker.submit_id(C1, 31.0, args={"i": i}) for i in range(2)]
+    assert assigned(broker.history, W1)[1:] == ids[:1]  # the mean is 30 s: one at a time

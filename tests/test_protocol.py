@@ -68,7 +68,13 @@ SAMPLES: list[p.Message] = [
     p.Heartbeat(),
     p.Log(id=JOB_ID, attempt=1, lines=["connected", "<script>x</script>", "ünïcode"]),
     p.Assign(id=JOB_ID, task="echo", attempt=2, args=b'{"x":1}', timeout_s=12.5),
-    p.Done(id=JOB_ID, attempt=2, result=b'{"ok":true}', last={"done": 9, "total": 10, "message": "almost"}),
+    p.Done(
+        id=JOB_ID,
+        attempt=2,
+        result=b'{"ok":true}',
+        last={"done": 9, "total": 10, "message": "almost"},
+        run_s=0.25,
+    ),
     p.Failed(
         id=JOB_ID, attempt=1, error={"type": "ValueError", "message": "bad", "traceback": "tb"}, retry=False
     ),

@@ -133,16 +133,17 @@ def collapse(states: list[str]) -> list[str]:
 
 
 def submit_short_records(client: Client, ledger: str, history: History, count: int, seconds: float) -> None:
-    """With 2 worker slots up: make ``record``'s mean run short (so slots prefetch it), then
-    submit ``count`` records of ``seconds`` one by one; fails if no slot ever held two."""
+    """With 2 worker slots up: make ``record``'s mean run short (so slots prefetch it), queue
+    ``count`` records of ``seconds`` one by one while the task is paused, then let them go;
+    fails unless slots then hold several jobs each."""
     wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
     client.map("record", [{"path": ledger + ".warm", "i": k} for k in range(4)])  # its own ledger
-    prefetched = 0
+    client.pause("record")  # all queued first: the chaos then finds the slots full
     for i in range(count):
         job = client.submit("record", {"path": ledger, "i": i, "seconds": seconds})
         history.acknowledged(job.view, str(i))
-        prefetched = max(prefetched, client.stats()["prefetched"] if i % 20 == 0 else 0)
-    assert prefetched > 0, "no slot held more than one job"
+    client.resume("record")
+    assert client.stats()["prefetched"] > 0, "no slot held more than one job"
 
 
 @pytest.fixture
@@ -204,9 +205,9 @@ def test_w1_sigkill_chaos_every_job_done_exactly_once(
 def test_w1b_sigkill_chaos_with_prefetched_short_jobs_runs_each_exactly_once(
     client: Client, start_workers: Callable[..., ReadyProcess], ledger: str, history: History
 ) -> None:
-    """W1 with jobs of 2 ms, so every slot holds several at once (``broker.prefetch``)."""
+    """W1 with jobs of 5 ms, so every slot holds several at once (``broker.prefetch``)."""
     pool = start_workers(2, "--prefetch", "8")
-    submit_short_records(client, ledger, history, 600, seconds=0.002)
+    submit_short_records(client, ledger, history, 600, seconds=0.005)
     ids = list(history.acked)
     rng = random.Random(2)
     killed: set[int] = set()

@@ -8,7 +8,7 @@ over two pipes (not stdin/stdout, which task code may use), in ``workers.pipes``
                      {"cmd": "cancel", "id", "attempt"}
                      {"cmd": "return"}      (drop every assignment not started yet)
     runner → agent   {"log": [lines], "id", "attempt"}      (any number, before the outcome)
-                     {"outcome": "done", "id", "attempt", "last"} + result JSON
+                     {"outcome": "done", "id", "attempt", "last", "run_s"} + result JSON
                      {"outcome": "failed", "id", "attempt", "last", "error", "retry"}
                      {"outcome": "cancelled", "id", "attempt", "last"}
                      {"returned": [[id, attempt], ...]}      (the answer to a return)
@@ -137,7 +137,9 @@ def serve(control_fd: int, result_fd: int, publisher: zmq.Socket[bytes] | None) 
             write_message(result_fd, _outcome(job, "cancelled"))
             continue
         logger.debug("job %s attempt %d running %s", job.id, job.attempt, job.task)
+        began = time.monotonic()
         outcome, result = execute(job, payload)
+        outcome["run_s"] = round(time.monotonic() - began, 6)
         write_message(result_fd, outcome, result)
 
 

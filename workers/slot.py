@@ -65,9 +65,10 @@ def outcome_message(current: Attempt, header: dict[str, Any], payload: bytes) ->
     """Turn the runner's outcome record for ``current`` into the wire message."""
     match header.get("outcome"):
         case "done":
-            last = header.get("last")
+            last, run_s = header.get("last"), header.get("run_s")
             return Done(id=current.id, attempt=current.attempt, result=payload,
-                        last=last if isinstance(last, dict) else None)  # fmt: skip
+                        last=last if isinstance(last, dict) else None,
+                        run_s=run_s if isinstance(run_s, float) else None)  # fmt: skip
         case "failed" if isinstance(header.get("error"), dict):
             return current.failed(header["error"], retry=bool(header.get("retry")))
         case "cancelled":
