@@ -358,7 +358,10 @@ def test_legacy_zmtp_is_closed_and_delivers_nothing_with_curve(good_client: Clie
     port = int(good_client.base_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as legacy:
         legacy.sendall(b"\x01\x00\x06\x00HELLO")
-        assert legacy.recv(64) == b""  # closed by the broker, not left open
+        received = b""
+        while chunk := legacy.recv(64):  # closed by the broker, not left open (else a timeout)
+            received += chunk
+        assert received == b"" or received.startswith(b"\xff"), received  # at most its greeting
     assert_serves(good_client)
     assert good_client.stats()["invalid_messages"] == before
 
