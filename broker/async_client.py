@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
-from broker.batches import batch_messages, batch_views, wait_messages
+from broker.batches import MAP_BATCHES_IN_FLIGHT, batch_messages, batch_views, reserve, wait_messages
 from broker.errors import ProtocolError
 from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0
 WAIT_RECHECK_S: Final = 2.0
-MAP_BATCHES_IN_FLIGHT: Final = 4
 
 
 class AsyncJob:
@@ -234,8 +233,7 @@ class AsyncClient:
     async def _wait_final(self, job_ids: list[str], timeout: float | None) -> list[dict[str, Any]]:
         """Final views of jobs, in order: WAITS for all at once (pipelined), then collect."""
         deadline = asyncio.get_running_loop().time() + (timeout or 1e9)
-        first = next(self._reqs)
-        self._reqs = itertools.count(first + max(len(job_ids), 1))  # WAITS' replies use them all
+        first, self._reqs = reserve(self._reqs, len(job_ids))
         waits, msgs = wait_messages(first, job_ids)
         futures = [self._expect(wait.req) for wait in waits]
         try:

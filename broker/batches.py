@@ -15,6 +15,7 @@ share one goes as a lone ``Submit``), and ``batch_views`` reads the replies back
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any, Final
@@ -24,6 +25,7 @@ from broker.errors import BadArguments, ProtocolError, error_for_code
 from broker.groups import MAX_GROUP_SIZE
 from broker.jobs import canonical_args, parse_args
 
+MAP_BATCHES_IN_FLIGHT: Final = 4  # more keeps the broker no busier, only makes its turns longer
 OPTIONS: Final = ("ttl_s", "force", "priority", "delay_s", "run_at", "scope", "max_attempts", "timeout_s")
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # made once (json.dumps builds one per call)
 
@@ -93,6 +95,13 @@ def batch_messages(
     if chunk:
         msgs.append(_batch(next(reqs), task, chunk, options))
     return msgs
+
+
+def reserve(reqs: Iterator[int], count: int) -> tuple[int, itertools.count[int]]:
+    """The first of ``count`` consecutive request numbers from ``reqs`` (a ``WaitMany``'s
+    replies use them all), and the counter to take the next ones from."""
+    first = next(reqs)
+    return first, itertools.count(first + max(count, 1))
 
 
 def wait_messages(first_req: int, job_ids: list[str]) -> tuple[list[p.Wait], list[p.Wait | p.WaitMany]]:

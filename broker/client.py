@@ -19,7 +19,7 @@ import zmq
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncGroup, AsyncJob
-from broker.batches import batch_messages, batch_views, wait_messages
+from broker.batches import MAP_BATCHES_IN_FLIGHT, batch_messages, batch_views, reserve, wait_messages
 from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
 from broker.replies import (
@@ -43,7 +43,6 @@ __all__ = ["AsyncClient", "AsyncGroup", "AsyncJob", "Client", "Group", "Job"]
 DEFAULT_TIMEOUT_S: Final = 30.0
 EVENT_RECHECK_S: Final = 1.0  # with no event for this long, re-read the snapshot (PUB may drop)
 WAIT_RECHECK_S: Final = 2.0  # with no final reply for this long, check the job (broker restart?)
-MAP_BATCHES_IN_FLIGHT: Final = 4  # more keeps the broker no busier, only makes its turns longer
 
 
 class Job:
@@ -277,7 +276,8 @@ class Client:
         ``WAIT_RECHECK_S`` reads the job's status and sends its WAIT again (the broker
         keeps one registration per request, so repeating it is harmless).
         """
-        waits, msgs = wait_messages(self._reserve(len(job_ids)), job_ids)
+        first, self._reqs = reserve(self._reqs, len(job_ids))
+        waits, msgs = wait_messages(first, job_ids)
         self._pending.update(wait.req for wait in waits)
         try:
             for msg in msgs:
@@ -325,12 +325,6 @@ class Client:
             event = published_event(sub.recv_multipart(), job_id) if has_event else self.status(job_id)
 
     # --- transport ---------------------------------------------------------------------------
-
-    def _reserve(self, count: int) -> int:
-        """The first of ``count`` consecutive request numbers (a WAITS' replies use them all)."""
-        first = next(self._reqs)
-        self._reqs = itertools.count(first + max(count, 1))
-        return first
 
     def _call(self, msg: p.Message, timeout_s: float | None = None) -> p.Message:
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)

@@ -120,6 +120,10 @@ class JobQueue:
         """Tasks with at least one ready entry."""
         return [task for task, lanes in self._ready.items() if any(lane.live() for lane in lanes)]
 
+    def any_ready(self) -> bool:
+        """Whether any job is ready (delayed ones are not)."""
+        return bool(self._where)
+
     def depth(self) -> int:
         """Jobs held, ready and delayed."""
         return len(self._where) + len(self._delayed_ids)

@@ -100,7 +100,7 @@ class BrokerState:
             job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
-        if self.queue.depth():  # idle slots first; then busy ones that prefetch short jobs
+        if self.queue.any_ready():  # idle slots first; then busy ones that prefetch short jobs
             for slot in self.workers.with_room(now):
                 self._top_up(slot, now)
 

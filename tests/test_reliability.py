@@ -490,7 +490,8 @@ def test_b1b_broker_sigkill_while_slots_hold_prefetched_jobs_loses_nothing(
         broker.signal(signal.SIGKILL)
         broker.wait(timeout_s=10)
         broker = start_broker()
-        time.sleep(0.2)  # the workers rejoin and take jobs again before the next kill
+        with Client(base_url, timeout_s=10) as client:  # the workers rejoin before the next kill
+            wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
     with Client(base_url, timeout_s=10) as client:
         finals = final_views(client, list(history.acked), timeout_s=60)
         stats = client.stats()

@@ -14,30 +14,36 @@ from broker.protocol import Assign, Done, Failed
 
 @dataclass(slots=True)
 class Attempt:
-    """An attempt the slot holds, with its timeout and cancel deadlines (monotonic).
+    """An attempt the slot holds (its ``Assign``), with its timeout and cancel deadlines
+    (monotonic).
 
-    A slot that prefetches holds several; only the first has started (``started_at``),
-    the others wait in the runner's pipe. ``stop_asked`` records a Stop that came for it.
+    A slot that prefetches holds several; only the first has begun, and only its deadlines
+    tick. ``stop_asked`` records a Stop that came for it.
     """
 
-    id: str
-    attempt: int
-    task: str
     assign: Assign
     timeout_s: float | None = None
-    started_at: float | None = None
     deadline: float | None = None
     cancel_deadline: float | None = None
     stop_asked: bool = False
 
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self.assign.id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number."""
+        return self.assign.attempt
+
     @classmethod
     def hold(cls, msg: Assign, timeout_s: float | None) -> Attempt:
-        """The bookkeeping for an accepted ``Assign``, not started yet."""
-        return cls(msg.id, msg.attempt, msg.task, msg, timeout_s)
+        """The bookkeeping for an accepted ``Assign``, not begun yet."""
+        return cls(msg, timeout_s)
 
     def begin(self, now: float, cancel_grace_s: float) -> None:
         """It starts now: its timeout runs from here (and a Stop asked before, its grace)."""
-        self.started_at = now
         self.deadline = None if self.timeout_s is None else now + self.timeout_s
         if self.stop_asked:
             self.cancel_deadline = now + cancel_grace_s
