@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from broker import protocol as p
+from broker.bundle import bundle_sends, is_bundle, unbundle
 from broker.client_requests import ClientRequests
 from broker.effects import Effect
 from broker.errors import ProtocolError
@@ -31,8 +32,13 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
     """Jobs, workers and their heartbeats; see the module docstring."""
 
     def effects_to_apply(self) -> list[Effect]:
-        """Effects produced since the last call, in the order they must be applied."""
-        return self.out.drain()
+        """Effects produced since the last call, in the order they must be applied (a
+        slot's several messages of a turn packed into bundles if it reads them)."""
+        return bundle_sends(self.out.drain(), self._takes_bundles)
+
+    def _takes_bundles(self, peer: bytes) -> bool:
+        slot = self.workers.get(peer)
+        return slot is not None and slot.bundles
 
     def receive_client(self, peer: bytes, frames: list[bytes], now: float) -> None:
         """Handle one message from a client."""
@@ -74,12 +80,26 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
     def receive_worker(
         self, peer: bytes, frames: list[bytes], now: float, allowed_tasks: frozenset[str] | None = None
     ) -> None:
-        """Handle one message from a worker (``allowed_tasks``: its key's grant, None = any)."""
+        """Handle one message or bundle from a worker (``allowed_tasks``: its key's grant,
+        None = any); then hand out what the slots have room for."""
+        try:
+            messages = unbundle(frames) if is_bundle(frames) else [frames]
+        except ProtocolError as exc:
+            self._invalid(peer, exc, to_worker=True)
+            return
+        changed = [self._worker_message(peer, one, now, allowed_tasks) for one in messages]
+        if any(changed):
+            self._dispatch(now, refill=True)
+
+    def _worker_message(
+        self, peer: bytes, frames: list[bytes], now: float, allowed_tasks: frozenset[str] | None
+    ) -> bool:
+        """Handle one message; whether it may have made room for work."""
         try:
             msg = p.decode(frames)
         except ProtocolError as exc:
             self._invalid(peer, exc, to_worker=True)
-            return
+            return False
         slot = self.workers.get(peer)
         revived = slot is not None and self.workers.heard(slot, now)
         match msg:
@@ -88,7 +108,7 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
             case p.Heartbeat() if slot is None:
                 self.out.to_worker(peer, p.Bye())  # unknown to us: re-register
             case p.Heartbeat() if not revived:
-                return  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
+                return False  # frees no slot: nothing to dispatch (heartbeats are the most frequent)
             case p.Log():
                 self._worker_log(peer, msg, now)
             case p.Done():
@@ -103,7 +123,7 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
                 self._invalid(
                     peer, ProtocolError(f"{type(msg).__name__} is not a worker message"), to_worker=True
                 )
-        self._dispatch(now)
+        return True
 
     def receive_event(self, frames: list[bytes], now: float) -> None:
         """Handle one progress event from a worker's PUB socket."""

@@ -188,6 +188,7 @@ class Ready:
     ``busy`` says the slot still runs an attempt from before it reconnected: it is not idle
     until it reports that attempt's outcome. ``prefetch`` is how many attempts it will
     hold at once (the broker sends more than one only for short tasks: ``broker.prefetch``).
+    ``bundles`` says it reads several messages sent as one (``broker.bundle``).
     """
 
     tasks: list[str]
@@ -196,6 +197,7 @@ class Ready:
     pid: int = 0
     host: str = ""
     prefetch: int = 1
+    bundles: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,6 +7,11 @@ others waits for them, and a slot elsewhere may come free meanwhile. So a slot h
 most about ``PREFETCH_BUDGET_S`` of work by the task's mean run time, and a task whose
 mean is not known yet (no finished run) or is longer than half the budget gets one job
 per slot, as with no prefetch at all (Celery's prefetch multiplier, bounded by time).
+
+When a slot reports (a job done), it is topped up only once it holds at most half its
+``prefetch`` (``wants_top_up``), so the jobs it is sent travel together in one bundle
+(``broker.bundle``) rather than one message per job finished. A job that arrives goes to
+any slot with room, as before.
 """
 
 from __future__ import annotations
@@ -22,3 +27,8 @@ def prefetch_depth(prefetch: int, mean_run_s: float | None) -> int:
     if prefetch <= 1 or mean_run_s is None:
         return 1
     return max(1, min(prefetch, int(PREFETCH_BUDGET_S / max(mean_run_s, MIN_RUN_S))))
+
+
+def wants_top_up(held: int, prefetch: int) -> bool:
+    """Whether a busy slot holding ``held`` attempts is sent more now (at most half full)."""
+    return held <= prefetch // 2

@@ -20,6 +20,8 @@ Who sends what::
                        JOBS (reply to LIST and SUBMITS: a JSON array of job views as payload)
     worker → broker    READY HEARTBEAT LOG DONE FAILED RELEASE BYE
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
+    either way         BUNDLE: several worker-link messages as one (``broker.bundle``),
+                       to a slot only if its READY said ``bundles``
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
 

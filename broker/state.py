@@ -19,6 +19,7 @@ from broker.jobs import Job, State, new_job_id
 from broker.lifecycle import TaskDefaults, retention_s
 from broker.metrics import Metrics
 from broker.outbox import Outbox
+from broker.prefetch import wants_top_up
 from broker.progress import EtaEstimator
 from broker.scheduling import JobQueue
 from broker.task_controls import TaskControls
@@ -95,14 +96,17 @@ class BrokerState:
         logger.debug("job %s running → queued (attempt %s)", job.id, job.attempts)
         self.out.publish(job, now)
 
-    def _dispatch(self, now: float) -> None:
+    def _dispatch(self, now: float, *, refill: bool = False) -> None:
+        """Jobs to idle slots, then more to busy ones that prefetch; on a ``refill`` (a slot
+        reported) only to those down to half full, so that theirs go out together."""
         for slot in self.workers.dispatchable(now):  # a suspect slot may sit on a lost host
             job_id = self.queue.pop_for(self.controls.startable(slot.tasks), self._is_queued)
             if job_id is not None:
                 self._assign(slot, self.jobs[job_id], now)
         if self.queue.any_ready():  # idle slots first; then busy ones that prefetch short jobs
             for slot in self.workers.with_room(now):
-                self._top_up(slot, now)
+                if not refill or wants_top_up(len(slot.held), slot.prefetch):
+                    self._top_up(slot, now)
 
     def _top_up(self, slot: WorkerSlot, now: float) -> None:
         while tasks := self.controls.prefetchable(slot.tasks, slot.prefetch, len(slot.held)):

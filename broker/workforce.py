@@ -39,6 +39,7 @@ class WorkerSlot:
     prefetch: int = 1
     held: dict[str, None] = dataclasses.field(default_factory=dict)  # job ids, running one first
     busy_from_before: bool = False  # still running an attempt from before it reconnected
+    bundles: bool = False  # reads several messages sent as one (``broker.bundle``)
     leaving: bool = False  # said Bye while busy: finish the job, then go
 
     @property
@@ -69,6 +70,7 @@ class Workforce:
         prefetch = min(max(msg.prefetch, 1), MAX_PREFETCH)
         slot = WorkerSlot(peer, frozenset(msg.tasks), liveness, msg.pid, msg.host, prefetch)
         slot.busy_from_before = msg.busy
+        slot.bundles = msg.bundles
         self._slots[peer] = slot
         self._lower_deadline(slot)
         if not msg.busy:

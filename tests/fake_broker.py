@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from broker.addresses import endpoints
+from broker.bundle import is_bundle, unbundle
 from broker.jobs import new_job_id
 from broker.protocol import Assign, Done, Failed, Heartbeat, Message, Ready, decode, encode
 
@@ -29,6 +30,7 @@ class FakeBroker:
         self.peers: list[bytes] = []  # in Ready order; the last one is the current agent
         self.received: queue.Queue[tuple[bytes, Message | Exception]] = queue.Queue()
         self.seen: list[tuple[bytes, Message | Exception]] = []
+        self.bundles_seen = 0  # messages that came as bundles (``broker.bundle``)
         self._outbox: queue.Queue[tuple[bytes | None, list[bytes]]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
@@ -100,9 +102,19 @@ class FakeBroker:
     def _receive(self) -> None:
         peer, *frames = self._router.recv_multipart()
         try:
-            msg: Message | Exception = decode(frames)
+            parts = unbundle(frames) if is_bundle(frames) else [frames]
         except Exception as exc:  # the test wants to see it, not the thread to die
-            msg = exc
+            parts = []
+            self._keep(peer, exc)
+        for part in parts:
+            try:
+                msg: Message | Exception = decode(part)
+            except Exception as exc:
+                msg = exc
+            self._keep(peer, msg)
+        self.bundles_seen += len(parts) > 1
+
+    def _keep(self, peer: bytes, msg: Message | Exception) -> None:
         if isinstance(msg, Ready):
             self.peers.append(peer)
         self.seen.append((peer, msg))

@@ -12,8 +12,9 @@ import pytest
 from fake_broker import FakeBroker
 from helpers import PYTHON, ReadyProcess, children_of, pid_alive, wait_for
 
+from broker.bundle import bundle
 from broker.jobs import new_job_id
-from broker.protocol import TAG, Assign, Bye, Done, Failed, Ready, Release, Stop
+from broker.protocol import TAG, Assign, Bye, Done, Failed, Ready, Release, Stop, encode
 
 
 @pytest.fixture
@@ -243,6 +244,21 @@ def test_held_jobs_run_in_order_and_a_stopped_one_never_starts(
     finished = [m.id for _, m in fake_broker.seen if isinstance(m, Done | Failed)]
     assert finished == [slow_id, first, second]  # in the order they were sent
     assert not ran(agent, first)
+
+
+def test_a_bundle_of_assignments_runs_every_job_in_it(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
+    ready = next(m for _, m in fake_broker.seen if isinstance(m, Ready))
+    assert ready.bundles  # the broker may send it bundles
+    ids = [new_job_id() for _ in range(3)]
+    messages = [encode(Assign(id=job_id, task="echo", attempt=1, args=b'{"n":%d}' % n))
+                for n, job_id in enumerate(ids)]  # fmt: skip
+    fake_broker.send_raw(bundle(messages))
+    results = [outcome(fake_broker, job_id) for job_id in ids]
+    assert [json.loads(r.result)["n"] for r in results if isinstance(r, Done)] == [0, 1, 2]
+    fake_broker.send_raw([TAG, b"BUNDLE", b'{"frames":[4,4]}', *messages[0]])  # one message short
+    assert_echo_works(fake_broker)
+    wait_for(lambda: any("dropped a bad bundle" in line for line in agent.stderr_lines))
+    assert sum(f"job {ids[0]} attempt 1 running" in line for line in agent.stderr_lines) == 1  # not twice
 
 
 def test_warm_shutdown_releases_the_jobs_not_started(agent: ReadyProcess, fake_broker: FakeBroker) -> None:

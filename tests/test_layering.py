@@ -52,6 +52,7 @@ PURE = [
     "task_controls",
     "alljobs",
     "batches",
+    "bundle",
     "tally",
 ]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]

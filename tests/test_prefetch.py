@@ -14,6 +14,8 @@ import pytest
 from test_core import C1, C2, W1, W2, Harness, assert_sent, sent, states
 
 from broker import protocol as p
+from broker.bundle import is_bundle
+from broker.effects import SendWorker
 from broker.prefetch import PREFETCH_BUDGET_S, prefetch_depth
 
 
@@ -66,7 +68,27 @@ def test_a_slot_that_prefetches_holds_several_short_jobs_in_order() -> None:
     assert assigned(broker.history, W1)[1:] == ids[:4]  # the warm-up, then 4 held at once
     assert [view(broker, job_id, 1.0)["state"] for job_id in ids] == ["running"] * 4 + ["queued"] * 2
     effects = broker.worker(W1, p.Done(id=ids[0], attempt=1, result=b"{}"), 1.01)
-    assert assigned(effects, W1) == [ids[4]]  # topped up to 4 again
+    assert assigned(effects, W1) == []  # 3 of 4 held: more than half full
+    effects = broker.worker(W1, p.Done(id=ids[1], attempt=1, result=b"{}"), 1.02)
+    assert assigned(effects, W1) == ids[4:]  # down to half: topped up to 4 again
+
+
+def test_a_new_job_goes_to_a_slot_with_room_even_when_more_than_half_full() -> None:
+    broker, ids = holding(3)
+    late = broker.submit_id(C1, 1.1, args={"late": 1})
+    assert assigned(broker.history, W1)[-1] == late
+
+
+def test_a_slot_that_reads_bundles_gets_its_top_up_as_one_message() -> None:
+    broker = Harness()
+    broker.worker(W1, p.Ready(tasks=["echo"], pid=7, host="h", prefetch=8, bundles=True), 0.0)
+    learn_short_echo(broker, W1)
+    ids = [broker.submit_id(C1, 1.0, args={"i": i}) for i in range(12)]
+    for job_id in ids[:4]:
+        effects = broker.worker(W1, p.Done(id=job_id, attempt=1, result=b"{}"), 1.01)
+    to_w1 = [e for e in effects if isinstance(e, SendWorker) and e.to == W1]
+    assert len(to_w1) == 1 and is_bundle(to_w1[0].frames)  # 4 jobs in one message
+    assert assigned(effects, W1) == ids[8:12]
 
 
 def test_a_task_with_no_known_run_time_or_long_runs_gets_one_job_per_slot() -> None:

@@ -50,7 +50,7 @@ CANCEL_GRACE_S: Final = 2.0
 WARM_GRACE_S: Final = 5.0
 MAX_POLL_S: Final = 1.0
 CHILD_CHECK_S: Final = 0.1  # a dead runner shows as EOF on its pipe; this catches the rest
-DEFAULT_PREFETCH: Final = 16
+DEFAULT_PREFETCH: Final = 64
 MAX_PREFETCH: Final = 256
 
 
@@ -114,6 +114,7 @@ class Agent:
             self._read_child(now)
         self._tick(now)
         self._flush_child(now)
+        self.connection.flush()
 
     @property
     def current(self) -> Attempt | None:
@@ -398,7 +399,7 @@ class Agent:
     def _ready(self) -> Ready:
         return Ready(tasks=registry.names(), options=registry.options(), pid=os.getpid(),
                      host=socket.gethostname(), busy=self.current is not None,
-                     prefetch=self.prefetch)  # fmt: skip
+                     prefetch=self.prefetch, bundles=True)  # fmt: skip
 
     def _close(self) -> None:
         child = self._drop_child()

@@ -11,6 +11,10 @@ the socket drops it. So a result stays *unconfirmed* until the broker shows it k
 connection (anything but ``Bye`` or ``Error`` arrives after it); unconfirmed results go
 back to the outbox on disconnect. A result delivered twice is harmless: the broker fences
 outcomes by holder and attempt and drops the copy as stale.
+
+What the agent sends in one loop turn goes out at the end of it (``flush``), several
+messages as one bundle (``broker.bundle``); bundles from the broker are read message by
+message.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Final
 import zmq
 
 from broker.addresses import endpoints
+from broker.bundle import is_bundle, pack, unbundle
 from broker.errors import ProtocolError
 from broker.liveness import Backoff, Liveness, heartbeat_interval_s
 from broker.protocol import Bye, Done, Error, Failed, Heartbeat, Message, Ready, decode, encode
@@ -55,6 +60,7 @@ class BrokerConnection:
         self.ever_heard = False
         self.outbox: list[Done | Failed] = []
         self.unconfirmed: list[Done | Failed] = []  # sent, not yet followed by proof of life
+        self.sending: list[list[bytes]] = []  # this turn's messages, encoded: ``flush`` sends them
 
     def connect(self, now: float) -> None:
         """Create the DEALER, send ``Ready``, then whatever results wait in the outbox."""
@@ -72,6 +78,7 @@ class BrokerConnection:
         pending, self.outbox = self.outbox, []
         for msg in pending:
             self.send(msg, now)
+        self.flush()
         logger.info("connected to %s; sent Ready", self.broker)
 
     def disconnect(self, now: float, reason: str) -> None:
@@ -81,6 +88,7 @@ class BrokerConnection:
         self.poller.unregister(self.dealer)
         self.dealer.close(linger=0)  # whatever is queued is for a broker that is gone
         self.dealer = None
+        self.sending = []  # its results are in ``unconfirmed`` too
         self.outbox[:0], self.unconfirmed = self.unconfirmed, []  # resent after the next Ready
         delay_s = self.backoff.next_delay_s()
         self.reconnect_at = now + delay_s
@@ -89,18 +97,27 @@ class BrokerConnection:
             self.on_lost()
 
     def send(self, msg: Message, now: float) -> None:
-        """Send a message; results wait for the next connection if there is none."""
+        """Send a message with the turn's others (``flush``); results wait for the next
+        connection if there is none."""
         if self.dealer is None:
             if isinstance(msg, Done | Failed):
                 self.outbox.append(msg)
             return
-        try:
-            self.dealer.send_multipart(encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
-            logger.warning("broker not reachable; dropped %s", type(msg).__name__)
+        self.sending.append(encode(msg))
         if isinstance(msg, Done | Failed):
             self.unconfirmed.append(msg)
         self.liveness.on_sent(now)
+
+    def flush(self) -> None:
+        """Send what this turn said, several messages as one bundle."""
+        if not self.sending or self.dealer is None:
+            return
+        messages, self.sending = self.sending, []
+        for frames in pack(messages) if len(messages) > 1 else messages:
+            try:
+                self.dealer.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                logger.warning("broker not reachable; dropped a message")
 
     def receive(self, now: float) -> list[Message]:
         """Every message waiting (up to DRAIN_LIMIT); bad frames are logged and dropped."""
@@ -114,13 +131,19 @@ class BrokerConnection:
                 break
             self._heard(now)
             try:
-                msg = decode(frames)
+                parts = unbundle(frames) if is_bundle(frames) else [frames]
             except ProtocolError as exc:
-                logger.warning("dropped a bad message from the broker: %s", exc)
+                logger.warning("dropped a bad bundle from the broker: %s", exc)
                 continue
-            if not isinstance(msg, Bye | Error):
-                self.unconfirmed.clear()  # the broker knows this connection: results got there
-            messages.append(msg)
+            for part in parts:
+                try:
+                    msg = decode(part)
+                except ProtocolError as exc:
+                    logger.warning("dropped a bad message from the broker: %s", exc)
+                    continue
+                if not isinstance(msg, Bye | Error):
+                    self.unconfirmed.clear()  # the broker knows this connection: results got there
+                messages.append(msg)
         return messages
 
     def _heard(self, now: float) -> None:
@@ -148,6 +171,7 @@ class BrokerConnection:
 
     def close(self) -> None:
         """Close the DEALER, letting queued messages (Bye, a last result) out for a while."""
+        self.flush()
         if self.dealer is not None:
             self.poller.unregister(self.dealer)
             self.dealer.close(linger=LINGER_MS)

@@ -1,0 +1,126 @@
+"""Several worker-link messages in one ZeroMQ message: a bundle (pure).
+
+Grammar (on the broker's workers socket, either way)::
+
+    bundle = "JC01" "BUNDLE" header message-frames...
+    header = {"frames": [n1, n2, ...]}   ; 2..MAX_BUNDLED counts, each 3 or 4
+
+The frames that follow are the bundled messages, each exactly as ``protocol.encode`` gives
+it (never a bundle), one after the other: the first ``n1`` frames are the first message,
+and so on. The receiver handles each as if it had come alone, in order; a bundle that
+breaks the grammar is refused whole, before any of its messages is looked at.
+
+A slot under load sends several messages per loop turn (a done job and the next job's
+log, or outcomes that the runner wrote together); the broker sends it several (a
+prefetching slot topped up after several outcomes). One ZeroMQ message for them costs
+each side one send, one receive and one wake-up instead of one per message. The broker
+bundles only to a slot whose ``Ready`` said ``bundles``; a broker that took such a
+``Ready`` reads bundles.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from typing import Final
+
+from broker import protocol as p
+from broker.effects import Effect, SendWorker
+from broker.errors import ProtocolError
+
+WORD: Final = b"BUNDLE"
+MAX_BUNDLED: Final = 64
+MAX_BUNDLE_BYTES: Final = 1024 * 1024  # what one bundle may carry; a larger message goes alone
+_INNER_FRAMES: Final = frozenset({3, 4})  # tag, command, header[, payload]: never a topic
+
+
+def is_bundle(frames: list[bytes]) -> bool:
+    """Whether a worker-link message is a bundle (its tag and command say so)."""
+    return len(frames) > 1 and frames[1] == WORD and frames[0] == p.TAG
+
+
+def bundle(messages: list[list[bytes]]) -> list[bytes]:
+    """The frames of one bundle of 2..MAX_BUNDLED encoded messages."""
+    counts = b",".join(b"%d" % len(frames) for frames in messages)
+    return [p.TAG, WORD, b'{"frames":[%s]}' % counts, *itertools.chain.from_iterable(messages)]
+
+
+def unbundle(frames: list[bytes]) -> list[list[bytes]]:
+    """The messages of a bundle, each as its own frames, in order.
+
+    Raises:
+        ProtocolError: the header or the frame count breaks the grammar, or the bundle is
+            larger than MAX_BUNDLE_BYTES allows (with room for one larger message alone).
+    """
+    if len(frames) < 3:
+        raise ProtocolError("bundle: truncated, no header")
+    counts = _counts(frames[2])
+    if sum(counts) != len(frames) - 3:
+        raise ProtocolError(f"bundle: the header counts {sum(counts)} frames, {len(frames) - 3} follow")
+    size = sum(map(len, frames))
+    if size > MAX_BUNDLE_BYTES + p.MAX_RESULT_BYTES:
+        raise ProtocolError(f"bundle exceeds {MAX_BUNDLE_BYTES + p.MAX_RESULT_BYTES} bytes (got {size})")
+    messages = []
+    start = 3
+    for count in counts:
+        inner = frames[start : start + count]
+        if inner[1] == WORD:
+            raise ProtocolError("bundle: a bundle inside a bundle")
+        messages.append(inner)
+        start += count
+    return messages
+
+
+def _counts(header: bytes) -> list[int]:
+    if len(header) > p.MAX_HEADER_BYTES:
+        raise ProtocolError(f"bundle header exceeds {p.MAX_HEADER_BYTES} bytes")
+    try:
+        value = json.loads(header)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"bundle header is not JSON: {exc}") from None
+    counts = value.get("frames") if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(counts, list) or not 2 <= len(counts) <= MAX_BUNDLED:
+        raise ProtocolError(f'bundle header must be {{"frames": [2..{MAX_BUNDLED} counts]}}')
+    if any(type(count) is not int or count not in _INNER_FRAMES for count in counts):
+        raise ProtocolError("bundle: each message has 3 or 4 frames")
+    return counts
+
+
+def pack(frame_lists: list[list[bytes]]) -> list[list[bytes]]:
+    """Messages for one peer, in order, as few sends as the bounds allow: bundles of up to
+    MAX_BUNDLED messages and MAX_BUNDLE_BYTES, a larger message alone."""
+    sends: list[list[bytes]] = []
+    run: list[list[bytes]] = []
+    size = 0
+    for frames in frame_lists:
+        length = sum(map(len, frames))
+        if run and (len(run) == MAX_BUNDLED or size + length > MAX_BUNDLE_BYTES):
+            sends.append(run[0] if len(run) == 1 else bundle(run))
+            run, size = [], 0
+        run.append(frames)
+        size += length
+    if run:
+        sends.append(run[0] if len(run) == 1 else bundle(run))
+    return sends
+
+
+def bundle_sends(effects: list[Effect], takes_bundles: Callable[[bytes], bool]) -> list[Effect]:
+    """A turn's effects with each bundling peer's messages packed (``pack``) where its first
+    one was; every other effect keeps its place."""
+    by_peer: dict[bytes, list[list[bytes]]] = {}
+    for effect in effects:
+        if isinstance(effect, SendWorker):
+            by_peer.setdefault(effect.to, []).append(effect.frames)
+    packed = {peer: pack(msgs) for peer, msgs in by_peer.items() if len(msgs) > 1 and takes_bundles(peer)}
+    if not packed:
+        return effects
+    emitted: set[bytes] = set()
+    out: list[Effect] = []
+    for effect in effects:
+        if not isinstance(effect, SendWorker) or effect.to not in packed:
+            out.append(effect)
+        elif effect.to not in emitted:
+            emitted.add(effect.to)
+            out.extend(SendWorker(effect.to, frames) for frames in packed[effect.to])
+    return out
