@@ -2,13 +2,17 @@
 
 Grammar (on the broker's workers socket, either way)::
 
-    bundle = "JC01" "BUNDLE" header message-frames...
-    header = {"frames": [n1, n2, ...]}   ; 2..MAX_BUNDLED counts, each 3 or 4
+    bundle  = "JC01" "BUNDLE" header lengths body
+    header  = {"frames": [n1, n2, ...]}   ; 2..MAX_BUNDLED counts, each 3 or 4
+    lengths = one little-endian uint32 per bundled frame: its length in bytes
+    body    = the bundled frames, one after the other (at most MAX_BUNDLE_BYTES)
 
-The frames that follow are the bundled messages, each exactly as ``protocol.encode`` gives
-it (never a bundle), one after the other: the first ``n1`` frames are the first message,
-and so on. The receiver handles each as if it had come alone, in order; a bundle that
-breaks the grammar is refused whole, before any of its messages is looked at.
+The bundled messages are each exactly as ``protocol.encode`` gives them (never a bundle):
+the first ``n1`` frames are the first message, and so on. They travel in one body frame
+because every ZeroMQ frame costs a Python call to send and another to receive (about
+1.4 µs each here: a bundle of 16 results as frames took 88 µs to send, as one body 6 µs).
+The receiver handles each message as if it had come alone, in order; a bundle that breaks
+the grammar is refused whole, before any of its messages is looked at.
 
 A slot under load sends several messages per loop turn (a done job and the next job's
 log, or outcomes that the runner wrote together); the broker sends it several (a
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import struct
 from collections.abc import Callable
 from typing import Final
 
@@ -43,28 +48,39 @@ def is_bundle(frames: list[bytes]) -> bool:
 def bundle(messages: list[list[bytes]]) -> list[bytes]:
     """The frames of one bundle of 2..MAX_BUNDLED encoded messages."""
     counts = b",".join(b"%d" % len(frames) for frames in messages)
-    return [p.TAG, WORD, b'{"frames":[%s]}' % counts, *itertools.chain.from_iterable(messages)]
+    flat = list(itertools.chain.from_iterable(messages))
+    lengths = struct.pack(f"<{len(flat)}I", *map(len, flat))
+    return [p.TAG, WORD, b'{"frames":[%s]}' % counts, lengths, b"".join(flat)]
 
 
 def unbundle(frames: list[bytes]) -> list[list[bytes]]:
     """The messages of a bundle, each as its own frames, in order.
 
     Raises:
-        ProtocolError: the header or the frame count breaks the grammar, or the bundle is
-            larger than MAX_BUNDLE_BYTES allows (with room for one larger message alone).
+        ProtocolError: the header, the lengths or the body break the grammar, or the body
+            is larger than MAX_BUNDLE_BYTES.
     """
-    if len(frames) < 3:
-        raise ProtocolError("bundle: truncated, no header")
-    counts = _counts(frames[2])
-    if sum(counts) != len(frames) - 3:
-        raise ProtocolError(f"bundle: the header counts {sum(counts)} frames, {len(frames) - 3} follow")
-    size = sum(map(len, frames))
-    if size > MAX_BUNDLE_BYTES + p.MAX_RESULT_BYTES:
-        raise ProtocolError(f"bundle exceeds {MAX_BUNDLE_BYTES + p.MAX_RESULT_BYTES} bytes (got {size})")
+    if len(frames) != 5:
+        raise ProtocolError(f"bundle: takes 5 frames (got {len(frames)})")
+    _tag, _word, header, lengths, body = frames
+    if len(body) > MAX_BUNDLE_BYTES:
+        raise ProtocolError(f"bundle exceeds {MAX_BUNDLE_BYTES} bytes (got {len(body)})")
+    counts = _counts(header)
+    total = sum(counts)
+    if len(lengths) != 4 * total:
+        raise ProtocolError(f"bundle: the header counts {total} frames, the lengths {len(lengths) / 4:g}")
+    sizes = struct.unpack(f"<{total}I", lengths)
+    if sum(sizes) != len(body):
+        raise ProtocolError(f"bundle: the lengths add up to {sum(sizes)} bytes, the body has {len(body)}")
+    flat = []
+    start = 0
+    for size in sizes:
+        flat.append(body[start : start + size])
+        start += size
     messages = []
-    start = 3
+    start = 0
     for count in counts:
-        inner = frames[start : start + count]
+        inner = flat[start : start + count]
         if inner[1] == WORD:
             raise ProtocolError("bundle: a bundle inside a bundle")
         messages.append(inner)

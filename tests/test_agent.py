@@ -255,7 +255,8 @@ def test_a_bundle_of_assignments_runs_every_job_in_it(agent: ReadyProcess, fake_
     fake_broker.send_raw(bundle(messages))
     results = [outcome(fake_broker, job_id) for job_id in ids]
     assert [json.loads(r.result)["n"] for r in results if isinstance(r, Done)] == [0, 1, 2]
-    fake_broker.send_raw([TAG, b"BUNDLE", b'{"frames":[4,4]}', *messages[0]])  # one message short
+    tag, word, _header, lengths, body = bundle(messages[:2])
+    fake_broker.send_raw([tag, word, b'{"frames":[4,4,4]}', lengths, body])  # counts one too many
     assert_echo_works(fake_broker)
     wait_for(lambda: any("dropped a bad bundle" in line for line in agent.stderr_lines))
     assert sum(f"job {ids[0]} attempt 1 running" in line for line in agent.stderr_lines) == 1  # not twice

@@ -38,29 +38,36 @@ def test_a_bundle_gives_back_its_messages_in_order() -> None:
         (b'{"frames":[3,5]}', "3 or 4 frames"),
         (b'{"frames":[3,true]}', "3 or 4 frames"),
         (b'{"frames":[3,3.0]}', "3 or 4 frames"),
-        (b'{"frames":[4,4]}', "counts 8 frames, 7 follow"),
+        (b'{"frames":[4,4]}', "counts 8 frames, the lengths 7"),
         (b'{"frames":[%s]}' % b",".join([b"3"] * (MAX_BUNDLED + 1)), "must be"),
         (b"{" + b" " * p.MAX_HEADER_BYTES + b"}", "header exceeds"),
     ],
 )
 def test_a_malformed_bundle_is_refused_whole(header: bytes, why: str) -> None:
-    inner = done("a") + p.encode(p.Heartbeat())  # 4 + 3 frames
+    good = bundle([done("a"), p.encode(p.Heartbeat())])  # 4 + 3 frames
     with pytest.raises(ProtocolError, match=why):
-        unbundle([p.TAG, b"BUNDLE", header, *inner])
+        unbundle([*good[:2], header, *good[3:]])
 
 
-def test_a_bundle_inside_a_bundle_and_a_missing_header_are_refused() -> None:
-    inner = bundle([p.encode(p.Heartbeat()), p.encode(p.Heartbeat())])[:3]  # a bundle's head: 3 frames
+def test_lengths_that_do_not_match_the_body_are_refused() -> None:
+    tag, word, header, lengths, body = bundle([done("a"), p.encode(p.Heartbeat())])
+    with pytest.raises(ProtocolError, match="the lengths add up to"):
+        unbundle([tag, word, header, lengths, body + b"x"])
+    with pytest.raises(ProtocolError, match="the lengths 6.75"):
+        unbundle([tag, word, header, lengths[:-1], body])
+    with pytest.raises(ProtocolError, match="takes 5 frames"):
+        unbundle([tag, word, header, lengths])
+
+
+def test_a_bundle_inside_a_bundle_is_refused() -> None:
+    head = bundle([p.encode(p.Heartbeat()), p.encode(p.Heartbeat())])[:3]  # tag, word, header
     with pytest.raises(ProtocolError, match="inside a bundle"):
-        unbundle(bundle([inner, p.encode(p.Heartbeat())]))
-    with pytest.raises(ProtocolError, match="truncated"):
-        unbundle([p.TAG, b"BUNDLE"])
+        unbundle(bundle([head, p.encode(p.Heartbeat())]))
 
 
 def test_an_oversized_bundle_is_refused() -> None:
-    big = b"x" * (MAX_BUNDLE_BYTES + p.MAX_RESULT_BYTES)
     with pytest.raises(ProtocolError, match="exceeds"):
-        unbundle(bundle([done("a", big), done("b")]))
+        unbundle(bundle([done("a", b"x" * MAX_BUNDLE_BYTES), done("b")]))
 
 
 def test_pack_keeps_the_order_within_the_bounds() -> None:
@@ -106,7 +113,8 @@ def test_a_malformed_bundle_from_a_worker_changes_nothing_but_the_count() -> Non
     broker = Harness()
     job_id, assign = run_to_assign(broker)
     ok = p.encode(p.Done(id=job_id, attempt=assign.attempt, result=b"1"))
-    broker.core.receive_worker(W1, [p.TAG, b"BUNDLE", b'{"frames":[4,4]}', *ok], 0.3)  # one message short
+    tag, word, _header, lengths, body = bundle([ok, p.encode(p.Heartbeat())])
+    broker.core.receive_worker(W1, [tag, word, b'{"frames":[4,4]}', lengths, body], 0.3)  # counts 1 too many
     effects = broker.core.effects_to_apply()
     assert_sent(effects, W1, p.Error, code="protocol")
     assert broker.core.counters["invalid_messages"] == 1
