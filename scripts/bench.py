@@ -12,8 +12,9 @@ that other processes on the box took meanwhile; ``--json FILE`` writes every fig
   7 queued      broker RSS with 100,000 queued jobs and no workers
   8 scaling     a CPU-bound task on 1, 2 and 4 worker processes
 
-``--compare gearman,celery,rq,limits`` runs the anchors (../shared/anchors) in the same run
-and prints jobcast's figures as ratios to theirs. ``--quick`` runs in about a minute.
+``--compare gearman,celery,rq,limits,floor`` runs the anchors (../shared/anchors) in the same
+run and prints jobcast's figures as ratios to theirs; ``floor`` is the smallest Python ZeroMQ
+relay doing jobcast's job shape (scripts/bench_floor.py). ``--quick`` runs in about a minute.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=0, help="default 2,000")
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
-    parser.add_argument("--compare", default="", help="comma list: gearman, celery, rq, limits")
+    parser.add_argument("--compare", default="", help="comma list: gearman, celery, rq, limits, floor")
     parser.add_argument("--anchor-trials", type=int, default=1)
     parser.add_argument("--quiet-wait", type=float, default=None,
                         help="seconds to wait for a quiet box before each section (default 20; 0 quick)")
@@ -215,11 +216,13 @@ def main() -> int:
     print(f"push method: {bench_web.PUSH_METHOD}", flush=True)
     anchors: dict[str, Any] = {}
     compare = [c for c in args.compare.split(",") if c]
+    quiet = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 20.0)
     if compare:
         print("anchors first (same run):", flush=True)
-        anchors = bench_compare.run_anchors(compare, args.anchor_trials)
+        floor = {"jobs": sz["jobs"], "latency_jobs": sz["latency_jobs"], "trials": trials,
+                 "quiet_wait": quiet}
+        anchors = bench_compare.run_anchors(compare, args.anchor_trials, floor)
     results = []
-    quiet = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 20.0)
     for number in range(trials):
         results.append(trial(number, only, sz, args.slots, quiet))
     figs = summarise(results)

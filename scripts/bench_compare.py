@@ -2,6 +2,8 @@
 
 Anchors live in ../shared/anchors (read-only): their results go to a temp dir through
 ANCHOR_RESULTS_DIR / LIMITS_RESULTS_DIR. A failing anchor is reported and skipped.
+``floor`` is measured here (scripts/bench_floor.py): the smallest Python ZeroMQ relay
+doing jobcast's job shape, with jobcast's own sizes and trial count.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_floor
 from bench_lib import REPO, Procs, fmt, status_kib
 
 ANCHORS = (REPO / ".." / "shared" / "anchors").resolve()
@@ -46,8 +49,12 @@ def _run(argv: list[str], env: dict[str, str], timeout: float, label: str) -> bo
     return proc.returncode == 0
 
 
-def run_anchors(names: list[str], trials: int) -> dict[str, Any]:
-    """Run the named anchors (gearman, celery, rq, ..., limits); their parsed results."""
+def run_anchors(names: list[str], trials: int, floor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the named anchors (gearman, celery, rq, ..., limits, floor); their parsed results.
+
+    ``floor``: keyword arguments of ``bench_floor.floor_figures`` (jobs, latency_jobs,
+    trials, quiet_wait), so the floor runs jobcast's sizes rather than ``trials``.
+    """
     out: dict[str, Any] = {"errors": {}}
     tmp = tempfile.mkdtemp(prefix="jc-anchors-")
     env = {**os.environ, "ANCHOR_RESULTS_DIR": tmp, "LIMITS_RESULTS_DIR": tmp,
@@ -63,6 +70,12 @@ def run_anchors(names: list[str], trials: int) -> dict[str, Any]:
                     path = Path(tmp) / f"{what}.json"
                     if path.exists():
                         out[what] = json.loads(path.read_text())
+            elif name == "floor":
+                try:
+                    out["floor"] = bench_floor.floor_figures(**(floor or {}))
+                    bench_floor.print_table(out["floor"])
+                except Exception as exc:  # noqa: BLE001 (reported like a failing anchor)
+                    out["errors"]["floor"] = repr(exc)
             elif name in BENCH_SYSTEMS:
                 argv = ["bash", str(ANCHORS / "bench" / "run.sh"), name, "--trials", str(trials)]
                 if not _run(argv, env, 1500, name):
@@ -131,19 +144,22 @@ def _limit_run(data: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def ratios(ours: dict[str, dict[str, float]], anchors: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows (what, jobcast, anchor, anchor figure, ratio, sense) for every anchor present."""
+    """Rows (what, subject, its figure, anchor, anchor figure, ratio, sense) for every anchor
+    present. ``subject`` is "jobcast" (the figure under the key "jobcast"), or "floor" for
+    the relay floor set against gearman (under "floor"): what the transport alone allows."""
     def me(key: str) -> float | None:
         fig = ours.get(key)
         return None if fig is None or fig["median"] != fig["median"] else fig["median"]
 
     rows: list[dict[str, Any]] = []
 
-    def add(what: str, key: str, anchor: str, theirs: float | None, sense: str) -> None:
-        mine = me(key)
+    def add(what: str, key: str, anchor: str, theirs: float | None, sense: str,
+            subject: str = "jobcast", mine: float | None = None) -> None:
+        mine = me(key) if subject == "jobcast" else mine
         if mine is None or theirs is None or not theirs:
             return
-        rows.append({"what": what, "jobcast": mine, "anchor": anchor, "theirs": theirs,
-                     "ratio": mine / theirs, "sense": sense})
+        rows.append({"what": what, "subject": subject, subject: mine, "anchor": anchor,
+                     "theirs": theirs, "ratio": mine / theirs, "sense": sense})
 
     g = anchors.get("gearman", {}).get("summary", {})
     add("submit→result p50 (ms)", "latency.p50_ms", "gearman PHP doNormal p50", _m(g, "fg", "p50_ms"),
@@ -152,6 +168,16 @@ def ratios(ours: dict[str, dict[str, float]], anchors: dict[str, Any]) -> list[d
         _m(g, "bg_jobs_per_s"), "higher is better")
     add("map jobs/s", "map.jobs_per_s", "gearman PHP pipelined", _m(g, "bg_batch_jobs_per_s"),
         "higher is better")
+    fl = anchors.get("floor", {}).get("summary", {})
+    floor_figs = (("submit→result p50 (ms)", "latency.p50_ms", "lower is better"),
+                  ("one-by-one jobs/s", "one_by_one.jobs_per_s", "higher is better"),
+                  ("map jobs/s", "map.jobs_per_s", "higher is better"))
+    for what, key, sense in floor_figs:
+        add(what, key, "pyzmq relay floor", _m(fl, key), sense)
+    for (what, key, sense), anchor, theirs in zip(floor_figs, (
+            "gearman PHP doNormal p50", "gearman PHP doBackground loop", "gearman PHP pipelined"), (
+            _m(g, "fg", "p50_ms"), _m(g, "bg_jobs_per_s"), _m(g, "bg_batch_jobs_per_s")), strict=True):
+        add(what, key, anchor, theirs, sense, subject="floor", mine=_m(fl, key))
     gq = anchors.get("gearmand_queued")
     if gq:
         add("broker bytes per queued job", "queued.bytes_per_job",
@@ -193,10 +219,16 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("\nno anchor figures to compare with")
         return
-    print("\njobcast / anchor, same run (median of each):")
-    print(f"  {'figure':<32} {'jobcast':>12}  {'anchor':<44} {'anchor fig':>12} {'ratio':>7}")
-    for r in rows:
-        digits = 2 if min(r["theirs"], r["jobcast"]) < 100 else 0
-        print(f"  {r['what']:<32} {fmt(r['jobcast'], digits):>12}  {r['anchor']:<44} "
-              f"{fmt(r['theirs'], digits):>12} {r['ratio']:>6.2f}x  ({r['sense']})")
+    for subject, title in (("jobcast", "jobcast / anchor, same run (median of each):"),
+                           ("floor", "pyzmq relay floor / anchor, same run: what the transport alone "
+                                     "allows (no storage, no parsing)")):
+        mine = [r for r in rows if r.get("subject", "jobcast") == subject]
+        if not mine:
+            continue
+        print(f"\n{title}")
+        print(f"  {'figure':<32} {subject:>12}  {'anchor':<44} {'anchor fig':>12} {'ratio':>7}")
+        for r in mine:
+            digits = 2 if min(r["theirs"], r[subject]) < 100 else 0
+            print(f"  {r['what']:<32} {fmt(r[subject], digits):>12}  {r['anchor']:<44} "
+                  f"{fmt(r['theirs'], digits):>12} {r['ratio']:>6.2f}x  ({r['sense']})")
     sys.stdout.flush()
