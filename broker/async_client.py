@@ -206,6 +206,22 @@ class AsyncClient:
         """Wait until the job ends and return its final view (failed/cancelled raise nothing)."""
         return (await self._wait_final([job_id], timeout))[0]
 
+    async def run(
+        self, task: str, args: dict[str, Any] | None = None, *, timeout: float | None = None, **options: Any
+    ) -> Any:
+        """Submit a job and wait for its result in one request (see ``Client.run``)."""
+        deadline = asyncio.get_running_loop().time() + (timeout or 1e9)
+        first, self._reqs = reserve(self._reqs, 2)
+        msg = submit_message(first, task, args, **submit_options(options), wait=True)
+        future = self._expect(first + 1)  # the final reply may come before the first is read
+        try:
+            view = job_view(await self._call(msg))
+            return final_result(
+                await self._final_view(p.Wait(req=first + 1, id=view["id"]), future, deadline)
+            )
+        finally:
+            self._pending.pop(first + 1, None)
+
     async def map(
         self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None, **options: Any
     ) -> list[Any]:

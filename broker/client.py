@@ -233,6 +233,25 @@ class Client:
         deadline = time.monotonic() + (timeout or 1e9)
         return final_result(job_view(self._wait_final([job_id], deadline)[0]))
 
+    def run(
+        self, task: str, args: dict[str, Any] | None = None, *, timeout: float | None = None, **options: Any
+    ) -> Any:
+        """Submit a job and wait for its result in one request (Gearman's doNormal).
+
+        ``timeout`` is how long to wait, as for ``map``; the other options are ``submit``'s
+        (the job's own time limit then comes from its task). Raises as ``Job.result``.
+        """
+        deadline = time.monotonic() + (timeout or 1e9)
+        first, self._reqs = reserve(self._reqs, 2)
+        msg = submit_message(first, task, args, **submit_options(options), wait=True)
+        self._pending.add(first + 1)  # the final reply may come before the first is read
+        try:
+            view = job_view(self._call(msg))
+            return final_result(job_view(self._collect_final(p.Wait(req=first + 1, id=view["id"]), deadline)))
+        finally:
+            self._pending.discard(first + 1)
+            self._replies.pop(first + 1, None)
+
     def map(
         self, task: str, args_list: list[dict[str, Any]], *, timeout: float | None = None, **options: Any
     ) -> list[Any]:

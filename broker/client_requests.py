@@ -22,7 +22,10 @@ class ClientRequests(BrokerState):
     """The handlers of client requests (``BrokerProtocol.receive_client`` dispatches here)."""
 
     def _submit(self, peer: bytes, msg: p.Submit, now: float) -> None:
-        self.out.to_client(peer, self._submit_one(msg, now))
+        reply = self._submit_one(msg, now)
+        self.out.to_client(peer, reply)
+        if msg.wait and isinstance(reply, p.Snapshot):
+            self._wait(peer, msg.req + 1, reply.job["id"], now)
         self._dispatch(now)
 
     def _submit_many(self, peer: bytes, msg: p.SubmitMany, now: float) -> None:

@@ -15,7 +15,12 @@ from typing import Any, TypeAlias
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Submit:
-    """Queue a job (or join the running one with the same cache key)."""
+    """Queue a job (or join the running one with the same cache key).
+
+    With ``wait`` the reply (``req``) is followed by the job's final snapshot under
+    ``req`` + 1, as if a WAIT for it had come with the submit: one request per job run
+    to its end (Gearman's doNormal).
+    """
 
     req: int
     task: str
@@ -28,6 +33,7 @@ class Submit:
     scope: str = ""
     max_attempts: int | None = None
     timeout_s: float | None = None
+    wait: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

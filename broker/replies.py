@@ -33,13 +33,14 @@ def submit_message(
     scope: str,
     max_attempts: int | None,
     timeout: float | None,
+    wait: bool = False,
 ) -> p.Submit:
     """A ``Submit`` with canonical args; bad args raise before anything is sent."""
     return p.Submit(
         req=req, task=task, args=canonical_args({} if args is None else args),
         ttl_s=None if ttl is None else float(ttl), force=force, priority=priority,
         delay_s=float(delay), run_at=run_at, scope=scope, max_attempts=max_attempts,
-        timeout_s=None if timeout is None else float(timeout),
+        timeout_s=None if timeout is None else float(timeout), wait=wait,
     )  # fmt: skip
 
 

@@ -68,11 +68,12 @@ def ms_stats(samples_s: list[float]) -> dict[str, float]:
 
 
 def sequential(client: Client, task: str, n: int, salt: str) -> list[float]:
-    """n sequential submit→result round trips with unique args; seconds each."""
+    """n sequential submit→result round trips with unique args, each one ``client.run``
+    (one request, as gearmand's doNormal); seconds each."""
     samples = []
     for i in range(n):
         began = time.perf_counter()
-        client.submit(task, {"i": i, "s": salt}).result(timeout=30)
+        client.run(task, {"i": i, "s": salt}, timeout=30)
         samples.append(time.perf_counter() - began)
     return samples
 

@@ -97,7 +97,10 @@ def run_phase(name: str, client: Client, n: int, salt: str) -> None:
         client.map(ARGS.task, [{"i": i, "s": salt} for i in range(n)], timeout=600)
     elif name == "latency":
         for i in range(n):
-            client.submit(ARGS.task, {"i": i, "s": salt}).result(timeout=30)
+            if hasattr(client, "run"):
+                client.run(ARGS.task, {"i": i, "s": salt}, timeout=30)
+            else:  # a tree older than ``run``
+                client.submit(ARGS.task, {"i": i, "s": salt}).result(timeout=30)
     else:
         raise SystemExit(f"unknown phase {name}")
 

@@ -821,3 +821,25 @@ def test_a_worker_key_registers_only_its_granted_tasks(broker: Harness) -> None:
     assert not sent(effects, W1, p.Assign)
     effects = broker.submit(C1, 1.2, task="echo")
     assert_sent(effects, W1, p.Assign)  # the granted task still flows
+
+
+def test_a_submit_that_waits_gets_its_reply_then_the_final_one_under_the_next_req(broker: Harness) -> None:
+    broker.ready(W1, 0.0)
+    effects = broker.submit(C1, 0.1, wait=True)
+    ack = assert_sent(effects, C1, p.Snapshot)
+    assign = assert_sent(effects, W1, p.Assign, id=ack.job["id"])
+    assert ack.req == broker.req and ack.job["state"] == "queued"  # the view as admitted
+    effects = broker.worker(W1, p.Done(id=assign.id, attempt=assign.attempt, result=b'{"r":1}'), 0.2)
+    final = assert_sent(effects, C1, p.Snapshot)
+    assert (final.req, final.job["state"], final.result) == (ack.req + 1, "done", b'{"r":1}')
+    again = broker.submit(C1, 0.3, wait=True)  # the cached result: both replies at once
+    replies = sent(again, C1, p.Snapshot)
+    assert [r.req for r in replies] == [broker.req, broker.req + 1]
+    assert all(r.result == b'{"r":1}' for r in replies)
+
+
+def test_a_refused_submit_that_waits_leaves_no_waiter(broker: Harness) -> None:
+    broker.ready(W1, 0.0)
+    effects = broker.submit(C1, 0.1, task="nope", wait=True)
+    assert_sent(effects, C1, p.Error, code="unknown_task")
+    assert broker.core.stats()["waiting_clients"] == 0

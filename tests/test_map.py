@@ -146,3 +146,54 @@ def test_results_survive_a_broker_restart(
     start_workers(1)
     thread.join(timeout=30)
     assert results == [{"across": 0}, {"across": 1}, {"across": 2}]
+
+
+def test_run_submits_and_waits_in_one_request(
+    client: Client, start_workers: Callable[..., ReadyProcess], base_url: str
+) -> None:
+    start_workers(1)
+    assert client.run("echo", {"once": 1}, timeout=30) == {"once": 1}
+    assert client.run("echo", {"once": 1}, timeout=30) == {"once": 1}  # a cache hit: final at once
+    with pytest.raises(JobFailed, match="boom"):
+        client.run("fail", timeout=30)
+    with pytest.raises(TimeoutError):
+        client.run("echo", {"later": 4}, delay=3600, timeout=0.5)
+    with pytest.raises(TypeError, match="unknown submit option"):
+        client.run("echo", {}, on_done=print)
+    stats = client.stats()
+    assert stats["submitted"] == 3 and stats["cache_hits"] == 1 and stats["waiting_clients"] == 1
+
+    async def scenario() -> tuple[Any, str]:
+        aclient = AsyncClient(base_url, timeout_s=10)
+        try:
+            result = await aclient.run("echo", {"async": 1}, timeout=30)
+            with pytest.raises(JobFailed) as failure:
+                await aclient.run("fail", force=True, timeout=30)
+            return result, failure.value.job_id
+        finally:
+            await aclient.aclose()
+
+    result, failed_id = asyncio.run(scenario())
+    assert result == {"async": 1} and client.status(failed_id)["state"] == "failed"
+
+
+def test_run_survives_a_broker_restart(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
+) -> None:
+    first = start_broker()
+    results: list[Any] = []
+
+    def run() -> None:
+        with Client(base_url, timeout_s=5) as runner:
+            results.append(runner.run("echo", {"across": "restart"}, timeout=40))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["waiting_clients"] == 1, timeout_s=10)  # queued: no workers
+    first.signal(signal.SIGKILL)  # the broker forgets who was waiting
+    first.wait(timeout_s=10)
+    start_broker()
+    start_workers(1)
+    thread.join(timeout=30)
+    assert results == [{"across": "restart"}]
