@@ -262,6 +262,22 @@ def test_a_bundle_of_assignments_runs_every_job_in_it(agent: ReadyProcess, fake_
     assert sum(f"job {ids[0]} attempt 1 running" in line for line in agent.stderr_lines) == 1  # not twice
 
 
+def test_outcomes_read_in_batches_still_name_the_job_that_timed_out(
+    agent: ReadyProcess, fake_broker: FakeBroker
+) -> None:
+    quick = [assign(fake_broker, "echo", {"n": n}) for n in range(8)]  # held behind each other
+    hung = assign(fake_broker, "hang", timeout_s=0.5)
+    last = assign(fake_broker, "echo", {"n": 99})
+    assert [json.loads(r.result)["n"] for r in (outcome(fake_broker, job_id) for job_id in quick)
+            if isinstance(r, Done)] == list(range(8))  # fmt: skip
+    failed = outcome(fake_broker, hung)
+    assert isinstance(failed, Failed) and failed.error["type"] == "Timeout"
+    done = outcome(fake_broker, last)  # the next runner got it
+    assert isinstance(done, Done) and json.loads(done.result) == {"n": 99}
+    reported = [m.id for _, m in fake_broker.seen if isinstance(m, Done | Failed)]
+    assert reported == [*quick, hung, last]  # each once, in order
+
+
 def test_warm_shutdown_releases_the_jobs_not_started(agent: ReadyProcess, fake_broker: FakeBroker) -> None:
     slow_id = assign(fake_broker, "slow", {"seconds": 0.6, "steps": 3})
     waiting = [assign(fake_broker, "echo", {"n": n}) for n in range(3)]

@@ -5,7 +5,9 @@ short tasks). They go to the runner as they come and run there in order; the fir
 held is the one running, and only its timeout and cancel deadlines tick. A Stop for one
 still waiting makes the runner report it cancelled without running it. On warm shutdown
 or a lost broker the agent asks the runner to ``return`` those not started, and gives
-them back with ``Release``; when the runner dies they go to its successor.
+them back with ``Release``; when the runner dies they go to its successor. While the
+runner has more held attempts to run, its outcomes are read at most every
+``OUTCOME_BATCH_S`` and reported together, in one bundle.
 
 The agent announces itself with ``Ready``, heartbeats per ``Liveness`` and treats any
 message from the broker as proof of life. When the broker goes silent (or says
@@ -50,6 +52,7 @@ CANCEL_GRACE_S: Final = 2.0
 WARM_GRACE_S: Final = 5.0
 MAX_POLL_S: Final = 1.0
 CHILD_CHECK_S: Final = 0.1  # a dead runner shows as EOF on its pipe; this catches the rest
+OUTCOME_BATCH_S: Final = 0.001  # with more attempts held, outcomes are read at most this often
 DEFAULT_PREFETCH: Final = 64
 MAX_PREFETCH: Final = 256
 
@@ -74,6 +77,8 @@ class Agent:
         self.child: Child | None = None
         self.child_backoff = Backoff()
         self.watching_control = False  # the runner's control pipe, for room to write
+        self.watching_results = False  # the runner's result pipe; paused between outcome batches
+        self.results_paused_until: float | None = None
         self.respawn_at: float | None = None
         self.next_child_check = 0.0
         self.held: deque[Attempt] = deque()  # the first one runs; the others wait in the pipe
@@ -112,6 +117,7 @@ class Agent:
             self._notify_connected()
         if self.child is not None and self.child.result_fd in events:
             self._read_child(now)
+            self._pause_results(now)
         self._tick(now)
         self._flush_child(now)
         self.connection.flush()
@@ -123,6 +129,7 @@ class Agent:
 
     def _tick(self, now: float) -> None:
         """Every timer, on every iteration (never inside one branch)."""
+        self._resume_results(now)
         self._check_signals(now)
         self._check_parent(now)
         self._check_child(now)
@@ -133,7 +140,7 @@ class Agent:
 
     def _timeout_ms(self, now: float) -> int:
         deadlines = [now + MAX_POLL_S, self.respawn_at, self.stop_deadline,
-                     self.connection.next_deadline()]  # fmt: skip
+                     self.connection.next_deadline(), self.results_paused_until]  # fmt: skip
         if self.current is not None:
             deadlines += [self.current.deadline, self.current.cancel_deadline]
         earliest = min(d for d in deadlines if d is not None)
@@ -258,7 +265,7 @@ class Agent:
     def _spawn_child(self) -> None:
         """Start a runner and hand it every attempt held (none of them has run)."""
         self.child = Child.spawn(self.broker, self.task_modules, self.curve)
-        self.poller.register(self.child.result_fd, zmq.POLLIN)
+        self._watch_results(self.child, True)
         self.respawn_at = None
         for held in self.held:
             self.child.assign(held.assign)
@@ -268,7 +275,7 @@ class Agent:
     def _drop_child(self) -> Child | None:
         child, self.child = self.child, None
         if child is not None:
-            self.poller.unregister(child.result_fd)
+            self._watch_results(child, False)
             self._watch_control(child, False)
         return child
 
@@ -294,6 +301,34 @@ class Agent:
                 self.poller.register(child.control_fd, zmq.POLLOUT)
             else:
                 self.poller.unregister(child.control_fd)
+
+    def _pause_results(self, now: float) -> None:
+        """While the runner has more held attempts to run, leave its outcomes in the pipe for
+        OUTCOME_BATCH_S: they are then read, and reported, together (one bundle), and the
+        agent wakes once per batch instead of once per short job."""
+        if self.child is not None and len(self.held) > 1 and self.results_paused_until is None:
+            self.results_paused_until = now + OUTCOME_BATCH_S
+            self._watch_results(self.child, False)
+
+    def _resume_results(self, now: float) -> None:
+        """The pause is over, or a deadline is due and must see the outcomes that wait."""
+        if self.results_paused_until is None:
+            return
+        current = self.current
+        stopping = self.stop_deadline is not None and now >= self.stop_deadline
+        if now >= self.results_paused_until or stopping or (current is not None and current.due(now)):
+            self.results_paused_until = None
+            if self.child is not None:
+                self._watch_results(self.child, True)
+                self._read_child(now)
+
+    def _watch_results(self, child: Child, watch: bool) -> None:
+        if watch != self.watching_results:
+            self.watching_results = watch
+            if watch:
+                self.poller.register(child.result_fd, zmq.POLLIN)
+            else:
+                self.poller.unregister(child.result_fd)
 
     def _read_child(self, now: float) -> None:
         child = self.child

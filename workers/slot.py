@@ -48,6 +48,12 @@ class Attempt:
         if self.stop_asked:
             self.cancel_deadline = now + cancel_grace_s
 
+    def due(self, now: float) -> bool:
+        """Whether its timeout or its cancel grace has run out."""
+        return any(
+            deadline is not None and now >= deadline for deadline in (self.deadline, self.cancel_deadline)
+        )
+
     def matches(self, job_id: Any, attempt: Any) -> bool:
         """Whether a message is about this very attempt."""
         return bool(job_id == self.id and attempt == self.attempt)
