@@ -16,6 +16,7 @@ import zmq.asyncio
 from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.batches import MAP_BATCHES_IN_FLIGHT, batch_messages, batch_views, reserve, wait_messages
+from broker.bundle import messages_in
 from broker.errors import ProtocolError
 from broker.hooks import MAX_PENDING_HOOKS
 from broker.jobs import FINAL_STATES
@@ -345,14 +346,14 @@ class AsyncClient:
 
     async def _read_replies(self) -> None:
         while True:
-            frames = await self.socket.recv_multipart()
             try:
-                reply = p.decode(frames)
+                replies = [p.decode(one) for one in messages_in(await self.socket.recv_multipart())]
             except ProtocolError:
                 continue
-            future = self._pending.get(getattr(reply, "req", 0))
-            if future is not None and not future.done():
-                future.set_result(reply)
+            for reply in replies:
+                future = self._pending.get(getattr(reply, "req", 0))
+                if future is not None and not future.done():
+                    future.set_result(reply)
 
     async def aclose(self) -> None:
         """Cancel pending on_done hooks, stop the reply reader, close the socket (and context)."""

@@ -111,7 +111,11 @@ def wait_messages(first_req: int, job_ids: list[str]) -> tuple[list[p.Wait], lis
     msgs: list[p.Wait | p.WaitMany] = []
     for start in range(0, len(waits), MAX_GROUP_SIZE):
         chunk = waits[start : start + MAX_GROUP_SIZE]
-        msgs.append(chunk[0] if len(chunk) == 1 else p.WaitMany(req=chunk[0].req, ids=[w.id for w in chunk]))
+        msgs.append(
+            chunk[0]
+            if len(chunk) == 1
+            else p.WaitMany(req=chunk[0].req, ids=[w.id for w in chunk], bundles=True)
+        )
     return waits, msgs
 
 

@@ -16,10 +16,11 @@ the grammar is refused whole, before any of its messages is looked at.
 
 A slot under load sends several messages per loop turn (a done job and the next job's
 log, or outcomes that the runner wrote together); the broker sends it several (a
-prefetching slot topped up after several outcomes). One ZeroMQ message for them costs
-each side one send, one receive and one wake-up instead of one per message. The broker
-bundles only to a slot whose ``Ready`` said ``bundles``; a broker that took such a
-``Ready`` reads bundles.
+prefetching slot topped up after several outcomes), and a client waiting for many jobs
+gets several final snapshots in one turn. One ZeroMQ message for them costs each side
+one send, one receive and one wake-up instead of one per message. The broker bundles only
+to a slot whose ``Ready`` said ``bundles``, and only the replies to a ``WaitMany`` that
+said ``bundles``; a broker that took such a ``Ready`` reads bundles.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from typing import Final
 
 from broker import protocol as p
-from broker.effects import Effect, SendWorker
+from broker.effects import Effect, SendClient, SendWorker
 from broker.errors import ProtocolError
 
 WORD: Final = b"BUNDLE"
@@ -43,6 +44,15 @@ _INNER_FRAMES: Final = frozenset({3, 4})  # tag, command, header[, payload]: nev
 def is_bundle(frames: list[bytes]) -> bool:
     """Whether a worker-link message is a bundle (its tag and command say so)."""
     return len(frames) > 1 and frames[1] == WORD and frames[0] == p.TAG
+
+
+def messages_in(frames: list[bytes]) -> list[list[bytes]]:
+    """The messages one ZeroMQ message carries: a bundle's, or itself.
+
+    Raises:
+        ProtocolError: a bundle that breaks the grammar (``unbundle``).
+    """
+    return unbundle(frames) if is_bundle(frames) else [frames]
 
 
 def bundle(messages: list[list[bytes]]) -> list[bytes]:
@@ -122,21 +132,37 @@ def pack(frame_lists: list[list[bytes]]) -> list[list[bytes]]:
 
 
 def bundle_sends(effects: list[Effect], takes_bundles: Callable[[bytes], bool]) -> list[Effect]:
-    """A turn's effects with each bundling peer's messages packed (``pack``) where its first
-    one was; every other effect keeps its place."""
-    by_peer: dict[bytes, list[list[bytes]]] = {}
+    """A turn's effects with several messages to one peer packed (``pack``) where the first
+    of them was: a slot's that reads bundles (``takes_bundles``), and a client's replies
+    marked ``bundles``. Every other effect keeps its place."""
+    grouped: dict[tuple[type, bytes], list[list[bytes]]] = {}
     for effect in effects:
-        if isinstance(effect, SendWorker):
-            by_peer.setdefault(effect.to, []).append(effect.frames)
-    packed = {peer: pack(msgs) for peer, msgs in by_peer.items() if len(msgs) > 1 and takes_bundles(peer)}
+        found = _bundleable(effect)
+        if found is not None:
+            grouped.setdefault(found[0], []).append(found[1])
+    packed = {
+        key: pack(msgs)
+        for key, msgs in grouped.items()
+        if len(msgs) > 1 and (key[0] is SendClient or takes_bundles(key[1]))
+    }
     if not packed:
         return effects
-    emitted: set[bytes] = set()
+    emitted: set[tuple[type, bytes]] = set()
     out: list[Effect] = []
     for effect in effects:
-        if not isinstance(effect, SendWorker) or effect.to not in packed:
+        found = _bundleable(effect)
+        if found is None or found[0] not in packed:
             out.append(effect)
-        elif effect.to not in emitted:
-            emitted.add(effect.to)
-            out.extend(SendWorker(effect.to, frames) for frames in packed[effect.to])
+        elif found[0] not in emitted:
+            kind, peer = found[0]
+            emitted.add(found[0])
+            out.extend(SendClient(peer, frames) if kind is SendClient else SendWorker(peer, frames)
+                       for frames in packed[found[0]])  # fmt: skip
     return out
+
+
+def _bundleable(effect: Effect) -> tuple[tuple[type, bytes], list[bytes]] | None:
+    """(kind and peer, frames) of a send that may travel in a bundle, else None."""
+    if isinstance(effect, SendWorker) or (isinstance(effect, SendClient) and effect.bundles):
+        return (type(effect), effect.to), effect.frames
+    return None

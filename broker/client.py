@@ -20,6 +20,7 @@ from broker import protocol as p
 from broker.addresses import broker_url, endpoints
 from broker.async_client import AsyncClient, AsyncGroup, AsyncJob
 from broker.batches import MAP_BATCHES_IN_FLIGHT, batch_messages, batch_views, reserve, wait_messages
+from broker.bundle import messages_in
 from broker.hooks import DoneHook, DoneHooks
 from broker.jobs import FINAL_STATES
 from broker.replies import (
@@ -373,10 +374,11 @@ class Client:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"no reply from the broker at {self.base_url} in time")
                 continue
-            reply = p.decode(self.socket.recv_multipart())
-            reply_req = getattr(reply, "req", 0)
-            if reply_req in self._pending:
-                self._replies[reply_req] = reply
+            for frames in messages_in(self.socket.recv_multipart()):
+                reply = p.decode(frames)
+                reply_req = getattr(reply, "req", 0)
+                if reply_req in self._pending:
+                    self._replies[reply_req] = reply
         return self._replies.pop(req)
 
     def close(self) -> None:

@@ -170,12 +170,12 @@ class ClientRequests(BrokerState):
         logger.info("job %s retried (%s)", msg.id, answer.task)
         self._submit(peer, answer, now)
 
-    def _wait(self, peer: bytes, req: int, job_id: str, now: float) -> None:
+    def _wait(self, peer: bytes, req: int, job_id: str, now: float, bundles: bool = False) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.is_final:
             self._reply_job(peer, req, job_id, now)
             return
-        self.waiters.setdefault(job.id, {})[(peer, req)] = None  # a repeated WAIT: no-op
+        self.waiters.setdefault(job.id, {})[(peer, req)] = bundles  # a repeated WAIT: no-op
 
     def _wait_many(self, peer: bytes, msg: p.WaitMany, now: float) -> None:
         if not 1 <= len(msg.ids) <= MAX_GROUP_SIZE:
@@ -183,7 +183,7 @@ class ClientRequests(BrokerState):
             self.out.to_client(peer, p.Error(req=msg.req, code="bad_args", message=message))
             return
         for index, job_id in enumerate(msg.ids):
-            self._wait(peer, msg.req + index, job_id, now)
+            self._wait(peer, msg.req + index, job_id, now, msg.bundles)
 
     def _pause(self, peer: bytes, msg: p.Pause | p.Resume, now: float) -> None:
         reply, record = self.controls.pause(msg, self.storage_error)

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from broker import protocol as p
-from broker.bundle import bundle_sends, is_bundle, unbundle
+from broker.bundle import bundle_sends, messages_in
 from broker.client_requests import ClientRequests
 from broker.effects import Effect
 from broker.errors import ProtocolError
@@ -83,7 +83,7 @@ class BrokerProtocol(ClientRequests, WorkerMessages):
         """Handle one message or bundle from a worker (``allowed_tasks``: its key's grant,
         None = any); then hand out what the slots have room for."""
         try:
-            messages = unbundle(frames) if is_bundle(frames) else [frames]
+            messages = messages_in(frames)
         except ProtocolError as exc:
             self._invalid(peer, exc, to_worker=True)
             return

@@ -8,10 +8,12 @@ from typing import Any, TypeAlias
 
 @dataclass(frozen=True, slots=True)
 class SendClient:
-    """Send frames to a client peer on the clients ROUTER."""
+    """Send frames to a client peer on the clients ROUTER (``bundles``: it may travel with
+    the turn's other such replies to that peer, in one bundle: ``broker.bundle``)."""
 
     to: bytes
     frames: list[bytes]
+    bundles: bool = False
 
 
 @dataclass(frozen=True, slots=True)

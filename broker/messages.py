@@ -98,10 +98,12 @@ class Wait:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WaitMany:
     """``Wait`` for each of ``ids`` (1..1000): the reply for ``ids[i]`` is its own snapshot,
-    sent once it is final, with ``req + i``."""
+    sent once it is final, with ``req + i``. With ``bundles`` the snapshots of jobs that end
+    in one broker turn may come as one bundle (``broker.bundle``)."""
 
     req: int
     ids: list[str]
+    bundles: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

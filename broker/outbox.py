@@ -107,13 +107,14 @@ class Outbox:
             StoreResult(job.id, view, job.result, retention_s, key, ttl_s, spec, job.view_json)
         )
 
-    def snapshot(self, peer: bytes, req: int, job: Job) -> None:
-        """Reply with the job's snapshot (a final job's with the view encoded when it ended)."""
+    def snapshot(self, peer: bytes, req: int, job: Job, bundles: bool = False) -> None:
+        """Reply with the job's snapshot (a final job's with the view encoded when it ended;
+        ``bundles``: it may share a bundle with the turn's other such replies to ``peer``)."""
         if job.view_json is not None:
             frames = p.encode_snapshot(req, job.view_json, job.result)
         else:
             frames = p.encode(p.Snapshot(req=req, job=job.view(self.epoch), result=job.result))
-        self.effects.append(SendClient(peer, frames))
+        self.effects.append(SendClient(peer, frames, bundles))
 
 
 def _event_extra(job_extra: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -74,7 +74,7 @@ class BrokerState:
         self.queue = JobQueue()
         self.workers = Workforce(heartbeat_s)
         self.defaults = TaskDefaults()
-        self.waiters: dict[str, dict[tuple[bytes, int], None]] = {}  # an ordered set per job
+        self.waiters: dict[str, dict[tuple[bytes, int], bool]] = {}  # per job: (peer, req) -> bundles
         self.etas: defaultdict[str, EtaEstimator] = defaultdict(EtaEstimator)
         self.out = Outbox(epoch, wall_offset_s)
         self.subscriptions = self.out.subscriptions
@@ -165,8 +165,8 @@ class BrokerState:
         self.out.store(job, retention_s(ttl_s), ttl_s)
         self.out.publish(job, now, stamp=False)
         logger.debug("job %s → %s", job.id, state)
-        for peer, req in self.waiters.pop(job.id, {}):
-            self.out.snapshot(peer, req, job)
+        for (peer, req), bundles in self.waiters.pop(job.id, {}).items():
+            self.out.snapshot(peer, req, job, bundles)
         self._remember_finished(job.id)
 
     def _remember_finished(self, job_id: str) -> None:

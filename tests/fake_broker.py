@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from broker.addresses import endpoints
-from broker.bundle import is_bundle, unbundle
+from broker.bundle import messages_in
 from broker.jobs import new_job_id
 from broker.protocol import Assign, Done, Failed, Heartbeat, Message, Ready, decode, encode
 
@@ -102,7 +102,7 @@ class FakeBroker:
     def _receive(self) -> None:
         peer, *frames = self._router.recv_multipart()
         try:
-            parts = unbundle(frames) if is_bundle(frames) else [frames]
+            parts = messages_in(frames)
         except Exception as exc:  # the test wants to see it, not the thread to die
             parts = []
             self._keep(peer, exc)

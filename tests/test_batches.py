@@ -287,6 +287,6 @@ def test_wait_messages_split_ids_and_keep_a_lone_wait() -> None:
     waits, msgs = wait_messages(10, [f"id{i}" for i in range(2001)])
     assert [w.req for w in waits] == list(range(10, 2011))
     assert [type(m).__name__ for m in msgs] == ["WaitMany", "WaitMany", "Wait"]
-    assert msgs[1] == p.WaitMany(req=1010, ids=[f"id{i}" for i in range(1000, 2000)])
+    assert msgs[1] == p.WaitMany(req=1010, ids=[f"id{i}" for i in range(1000, 2000)], bundles=True)
     assert msgs[2] == p.Wait(req=2010, id="id2000")
     assert wait_messages(1, []) == ([], [])

@@ -7,7 +7,7 @@ bundle; the agent's side runs against the scripted broker in test_agent.py.
 from __future__ import annotations
 
 import pytest
-from test_core import W1, W2, Harness, assert_sent, run_to_assign, sent
+from test_core import C1, W1, W2, Harness, assert_sent, run_to_assign, sent
 
 from broker import protocol as p
 from broker.bundle import MAX_BUNDLE_BYTES, MAX_BUNDLED, bundle, bundle_sends, is_bundle, pack, unbundle
@@ -129,3 +129,28 @@ def test_a_bad_message_inside_a_bundle_does_not_sink_the_good_one() -> None:
     assert sent(broker.core.effects_to_apply(), W1, p.Error)
     assert broker.core.counters["invalid_messages"] == 1
     assert broker.status(job_id, 0.4).job["state"] == "done"
+
+
+def test_bundle_sends_packs_a_clients_replies_only_where_marked() -> None:
+    marked = [SendClient(b"c", done(str(i)), True) for i in range(3)]
+    plain = SendClient(b"c", done("plain"))
+    out = bundle_sends([marked[0], plain, marked[1], marked[2]], lambda peer: False)
+    assert out == [SendClient(b"c", bundle([m.frames for m in marked])), plain]
+
+
+def test_final_snapshots_of_one_turn_come_bundled_to_a_wait_many_that_takes_them() -> None:
+    broker = Harness()
+    broker.ready(W1, 0.0)
+    broker.ready(W2, 0.0)
+    ids = [broker.submit_id(C1, 0.1, args={"i": i}) for i in range(2)]
+    for peer, bundles in ((b"takes", True), (b"plain", False)):
+        broker.client(peer, p.WaitMany(req=100, ids=ids, bundles=bundles), 0.2)
+    for slot in (W1, W2):
+        assign = assert_sent(broker.history, slot, p.Assign)
+        broker.core.receive_worker(slot, p.encode(p.Done(id=assign.id, attempt=1, result=b"1")), 0.3)
+    turn = broker.core.effects_to_apply()  # both ended in this turn
+    takes = [e for e in turn if isinstance(e, SendClient) and e.to == b"takes"]
+    plain = [e for e in turn if isinstance(e, SendClient) and e.to == b"plain"]
+    assert len(takes) == 1 and is_bundle(takes[0].frames)
+    assert sorted(p.decode(m).req for m in unbundle(takes[0].frames)) == [100, 101]  # type: ignore[attr-defined]
+    assert len(plain) == 2 and not any(is_bundle(e.frames) for e in plain)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from broker import protocol as p
-from broker.bundle import is_bundle, unbundle
+from broker.bundle import messages_in
 from broker.core import BrokerProtocol
 from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, StoreResult
 from broker.jobs import canonical_args, job_record
@@ -122,7 +122,7 @@ def sent(effects: list[Effect], to: bytes, message_type: type[Any]) -> list[Any]
     found = []
     for effect in effects:
         if isinstance(effect, SendClient | SendWorker) and effect.to == to:
-            parts = unbundle(effect.frames) if is_bundle(effect.frames) else [effect.frames]
+            parts = messages_in(effect.frames)
             found += [msg for msg in map(p.decode, parts) if isinstance(msg, message_type)]
     return found
 

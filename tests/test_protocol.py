@@ -395,7 +395,7 @@ def test_rejects_submit_many_with_bad_header(header: dict[str, Any], phrase: str
 
 def test_wait_many_is_its_own_readable_command() -> None:
     frames = p.encode(p.WaitMany(req=7, ids=[JOB_ID]))
-    assert frames[1] == b"WAITS" and json.loads(frames[2]) == {"req": 7, "ids": [JOB_ID]}
+    assert frames[1] == b"WAITS" and json.loads(frames[2]) == {"req": 7, "ids": [JOB_ID], "bundles": False}
     assert len(frames) == 3
 
 

@@ -27,7 +27,7 @@ from typing import Final
 import zmq
 
 from broker.addresses import endpoints
-from broker.bundle import is_bundle, pack, unbundle
+from broker.bundle import messages_in, pack
 from broker.errors import ProtocolError
 from broker.liveness import Backoff, Liveness, heartbeat_interval_s
 from broker.protocol import Bye, Done, Error, Failed, Heartbeat, Message, Ready, decode, encode
@@ -131,7 +131,7 @@ class BrokerConnection:
                 break
             self._heard(now)
             try:
-                parts = unbundle(frames) if is_bundle(frames) else [frames]
+                parts = messages_in(frames)
             except ProtocolError as exc:
                 logger.warning("dropped a bad bundle from the broker: %s", exc)
                 continue
