@@ -22,6 +22,7 @@ Who sends what::
     broker → worker    ASSIGN STOP HEARTBEAT BYE ERROR
     either way         BUNDLE: several worker-link messages as one (``broker.bundle``),
                        to a slot only if its READY said ``bundles``
+    broker → client    BUNDLE of JOB replies to a WAITS that said ``bundles``
     worker PUB         PROGRESS (topic = job id)
     broker XPUB        EVENT    (topic = job id; and a copy under "*" for dashboards)
 
@@ -38,7 +39,8 @@ array (1..1000 objects) gets ERROR and admits nothing.
 
 WAITS is WAIT for 1..1000 ids at once (``ids`` in the header): the reply for the i-th id
 is its own JOB (or ERROR), sent when that job is final, with ``req`` + i; a client reserves
-that many consecutive request numbers.
+that many consecutive request numbers. With ``bundles`` in the header, the JOBs of jobs
+that end in one broker turn may come as one BUNDLE (``broker.bundle``).
 
 The all-jobs topic ``ALL_JOBS_TOPIC`` (``*``, which can never start a job id: ids are
 URL-safe base64) carries a copy of every job's events, published only while someone
