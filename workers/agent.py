@@ -295,12 +295,19 @@ class Agent:
         self._watch_control(child, child.wants_write)
 
     def _watch_control(self, child: Child, watch: bool) -> None:
-        if watch != self.watching_control:
-            self.watching_control = watch
+        self.watching_control = self._watch(child.control_fd, zmq.POLLOUT, watch, self.watching_control)
+
+    def _watch_results(self, child: Child, watch: bool) -> None:
+        self.watching_results = self._watch(child.result_fd, zmq.POLLIN, watch, self.watching_results)
+
+    def _watch(self, fd: int, events: int, watch: bool, watching: bool) -> bool:
+        """(Un)register ``fd`` with the poller if ``watch`` changes ``watching``; the new state."""
+        if watch != watching:
             if watch:
-                self.poller.register(child.control_fd, zmq.POLLOUT)
+                self.poller.register(fd, events)
             else:
-                self.poller.unregister(child.control_fd)
+                self.poller.unregister(fd)
+        return watch
 
     def _pause_results(self, now: float) -> None:
         """While the runner has more held attempts to run, leave its outcomes in the pipe for
@@ -321,14 +328,6 @@ class Agent:
             if self.child is not None:
                 self._watch_results(self.child, True)
                 self._read_child(now)
-
-    def _watch_results(self, child: Child, watch: bool) -> None:
-        if watch != self.watching_results:
-            self.watching_results = watch
-            if watch:
-                self.poller.register(child.result_fd, zmq.POLLIN)
-            else:
-                self.poller.unregister(child.result_fd)
 
     def _read_child(self, now: float) -> None:
         child = self.child
