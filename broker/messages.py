@@ -14,7 +14,25 @@ from typing import Any, TypeAlias
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Submit:
+class SubmitFields:
+    """The fields every submit message carries: the task, its args and the job options
+    (not a message of its own: ``Submit``, ``SubmitGroup`` and ``SubmitMany`` are)."""
+
+    req: int
+    task: str
+    args: bytes
+    ttl_s: float | None = None
+    force: bool = False
+    priority: str = "normal"
+    delay_s: float = 0.0
+    run_at: float | None = None
+    scope: str = ""
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submit(SubmitFields):
     """Queue a job (or join the running one with the same cache key).
 
     With ``wait`` the reply (``req``) is followed by the job's final snapshot under
@@ -22,53 +40,18 @@ class Submit:
     to its end (Gearman's doNormal).
     """
 
-    req: int
-    task: str
-    args: bytes
-    ttl_s: float | None = None
-    force: bool = False
-    priority: str = "normal"
-    delay_s: float = 0.0
-    run_at: float | None = None
-    scope: str = ""
-    max_attempts: int | None = None
-    timeout_s: float | None = None
     wait: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SubmitGroup:
+class SubmitGroup(SubmitFields):
     """Submit one job per args object as one group (``args``: a JSON array of objects)."""
-
-    req: int
-    task: str
-    args: bytes
-    ttl_s: float | None = None
-    force: bool = False
-    priority: str = "normal"
-    delay_s: float = 0.0
-    run_at: float | None = None
-    scope: str = ""
-    max_attempts: int | None = None
-    timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SubmitMany:
+class SubmitMany(SubmitFields):
     """Submit one job per args object (``args``: a JSON array of objects), each admitted as
     its own ``Submit`` with these options; the reply is one ``JobList``, a slot per item."""
-
-    req: int
-    task: str
-    args: bytes
-    ttl_s: float | None = None
-    force: bool = False
-    priority: str = "normal"
-    delay_s: float = 0.0
-    run_at: float | None = None
-    scope: str = ""
-    max_attempts: int | None = None
-    timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -166,3 +166,27 @@ def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
     finally:
         sock.close()
         ctx.term()
+
+
+def waited_across_a_restart(
+    base_url: str, broker: ReadyProcess, restart: Callable[[], Any], waiting: int, wait: Callable[[Any], Any]
+) -> list[Any]:
+    """Run ``wait(client)`` in a thread; once ``waiting`` clients wait at the broker, SIGKILL
+    it (it forgets who was waiting) and ``restart()``; what ``wait`` returned, if it did."""
+    from broker.client import Client
+
+    results: list[Any] = []
+
+    def run() -> None:
+        with Client(base_url, timeout_s=5) as waiter:
+            results.append(wait(waiter))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    with Client(base_url, timeout_s=10) as client:
+        wait_for(lambda: client.stats()["waiting_clients"] == waiting, timeout_s=10)
+    broker.signal(signal.SIGKILL)
+    broker.wait(timeout_s=10)
+    restart()
+    thread.join(timeout=30)
+    return results

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from helpers import ReadyProcess, children_of, pid_alive, raw_dealer, wait_for
+from helpers import ReadyProcess, children_of, pid_alive, raw_dealer, wait_for, waited_across_a_restart
 
 from broker import protocol as p
 from broker.client import Client
@@ -248,24 +248,15 @@ def test_a_waiting_client_survives_a_broker_restart(
     start_workers: Callable[..., ReadyProcess],
     base_url: str,
 ) -> None:
-    import threading
-
     first = start_broker()
     with Client(base_url, timeout_s=10) as client:
         job_id = client.submit("echo", {"waited": "across a restart"}).id
-    results: list[object] = []
 
-    def wait() -> None:
-        with Client(base_url, timeout_s=5) as waiter:
-            results.append(waiter.result(job_id, timeout=40))
+    def restart() -> None:
+        start_broker()
+        start_workers(1)
 
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
-    with Client(base_url, timeout_s=10) as client:
-        wait_for(lambda: client.stats()["waiting_clients"] == 1, timeout_s=10)
-    first.signal(signal.SIGKILL)  # the broker forgets who was waiting
-    first.wait(timeout_s=10)
-    start_broker()
-    start_workers(1)
-    thread.join(timeout=20)
+    results = waited_across_a_restart(
+        base_url, first, restart, 1, lambda waiter: waiter.result(job_id, timeout=40)
+    )
     assert results == [{"waited": "across a restart"}], "the WAIT was repeated to the new broker"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import ReadyProcess, wait_for
+from helpers import ReadyProcess, waited_across_a_restart
 
 from broker.client import AsyncClient, Client
 from broker.errors import BadArguments, JobCancelled, JobFailed, QueueFull, UnknownJob
@@ -130,22 +128,15 @@ def test_results_survive_a_broker_restart(
     first = start_broker()
     with Client(base_url, timeout_s=10) as client:
         ids = [client.submit("echo", {"across": i}).id for i in range(3)]
-    results: list[Any] = []
 
-    def wait() -> None:
-        with Client(base_url, timeout_s=5) as waiter:
-            results.extend(waiter.results(ids, timeout=40))  # one WAITS for the three
+    def restart() -> None:
+        start_broker()
+        start_workers(1)
 
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
-    with Client(base_url, timeout_s=10) as client:
-        wait_for(lambda: client.stats()["waiting_clients"] == 3, timeout_s=10)
-    first.signal(signal.SIGKILL)  # the broker forgets who was waiting
-    first.wait(timeout_s=10)
-    start_broker()
-    start_workers(1)
-    thread.join(timeout=30)
-    assert results == [{"across": 0}, {"across": 1}, {"across": 2}]
+    results = waited_across_a_restart(
+        base_url, first, restart, 3, lambda waiter: waiter.results(ids, timeout=40)
+    )
+    assert results == [[{"across": 0}, {"across": 1}, {"across": 2}]]  # one WAITS for the three
 
 
 def test_run_submits_and_waits_in_one_request(
@@ -180,20 +171,13 @@ def test_run_submits_and_waits_in_one_request(
 def test_run_survives_a_broker_restart(
     start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
 ) -> None:
-    first = start_broker()
-    results: list[Any] = []
+    first = start_broker()  # no workers: the job waits queued
 
-    def run() -> None:
-        with Client(base_url, timeout_s=5) as runner:
-            results.append(runner.run("echo", {"across": "restart"}, timeout=40))
+    def restart() -> None:
+        start_broker()
+        start_workers(1)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    with Client(base_url, timeout_s=10) as client:
-        wait_for(lambda: client.stats()["waiting_clients"] == 1, timeout_s=10)  # queued: no workers
-    first.signal(signal.SIGKILL)  # the broker forgets who was waiting
-    first.wait(timeout_s=10)
-    start_broker()
-    start_workers(1)
-    thread.join(timeout=30)
+    results = waited_across_a_restart(
+        base_url, first, restart, 1, lambda runner: runner.run("echo", {"across": "restart"}, timeout=40)
+    )
     assert results == [{"across": "restart"}]

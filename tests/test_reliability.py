@@ -132,6 +132,24 @@ def collapse(states: list[str]) -> list[str]:
     return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
 
 
+def assert_all_done_once(
+    history: History, finals: dict[str, dict[str, Any]], ledger: str, **checks: Any
+) -> None:
+    """The history checker finds nothing wrong with the ledger, and every job ended done."""
+    problems = history.check(finals, read_ledger(ledger), **checks)
+    assert problems == [], problems[:10]
+    assert {view["state"] for view in finals.values()} == {"done"}
+
+
+def acked_after_restarts(base_url: str, history: History, ledger: str) -> dict[str, Any]:
+    """Every acknowledged job ends done, once by the ledger; the broker's stats after that."""
+    with Client(base_url, timeout_s=10) as client:
+        finals = final_views(client, list(history.acked), timeout_s=60)
+        stats: dict[str, Any] = client.stats()
+    assert_all_done_once(history, finals, ledger)
+    return stats
+
+
 def submit_short_records(client: Client, ledger: str, history: History, count: int, seconds: float) -> None:
     """With 2 worker slots up: make ``record``'s mean run short (so slots prefetch it), queue
     ``count`` records of ``seconds`` one by one while the task is paused, then let them go;
@@ -192,9 +210,7 @@ def test_w1_sigkill_chaos_every_job_done_exactly_once(
     back_s = time.monotonic() - last_kill
     finals = final_views(client, ids, timeout_s=60)
     watchers.join(timeout_s=20)
-    problems = history.check(finals, read_ledger(ledger), exactly_once=True, killed=killed)
-    assert problems == [], problems[:10]
-    assert {view["state"] for view in finals.values()} == {"done"}
+    assert_all_done_once(history, finals, ledger, exactly_once=True, killed=killed)
     assert kills >= 6
     assert any(view["attempts"] > 1 for view in finals.values()), "the chaos hit no job"
     assert back_s < 2.0, f"the pool took {back_s:.2f} s to be back to 4 workers"
@@ -215,9 +231,7 @@ def test_w1b_sigkill_chaos_with_prefetched_short_jobs_runs_each_exactly_once(
         kill_a_slot(pool.pid, rng, killed, whole_chance=0.5)
         time.sleep(0.3)  # the chaos period, not a synchronisation
     finals = final_views(client, ids, timeout_s=60)
-    problems = history.check(finals, read_ledger(ledger), exactly_once=True, killed=killed)
-    assert problems == [], problems[:10]
-    assert {view["state"] for view in finals.values()} == {"done"}
+    assert_all_done_once(history, finals, ledger, exactly_once=True, killed=killed)
     assert any(view["attempts"] > 1 for view in finals.values()), "the chaos hit no job"
 
 
@@ -303,8 +317,7 @@ def test_w4_poison_pill_fails_after_exactly_3_attempts_while_50_jobs_run(
     assert "killed by SIGKILL" in error["message"] and "attempt 3 of 3" in error["message"]
     assert client.status(pill.id)["attempts"] == 3
     finals = final_views(client, list(history.acked), timeout_s=30)
-    assert history.check(finals, read_ledger(ledger), exactly_once=True) == []
-    assert {view["state"] for view in finals.values()} == {"done"}
+    assert_all_done_once(history, finals, ledger, exactly_once=True)
     assert set(slot_tree(pool.pid)) == agents, "only runner children died, no agent"
     assert client.stats()["workers"] == 4
 
@@ -465,12 +478,7 @@ def test_b1_broker_sigkill_under_load_loses_and_duplicates_nothing(
         broker = start_broker()
         submitter.join(timeout=15)
         assert not submitter.is_alive() and not outage_errors, outage_errors
-    with Client(base_url, timeout_s=10) as client:
-        finals = final_views(client, list(history.acked), timeout_s=60)
-        stats = client.stats()
-    problems = history.check(finals, read_ledger(ledger))
-    assert problems == [], problems[:10]
-    assert {view["state"] for view in finals.values()} == {"done"}
+    stats = acked_after_restarts(base_url, history, ledger)
     assert stats["epoch"] == 3 and (stats["queued"], stats["running"]) == (0, 0)
 
 
@@ -492,12 +500,7 @@ def test_b1b_broker_sigkill_while_slots_hold_prefetched_jobs_loses_nothing(
         broker = start_broker()
         with Client(base_url, timeout_s=10) as client:  # the workers rejoin before the next kill
             wait_for(lambda: client.stats()["workers"] == 2, timeout_s=10)
-    with Client(base_url, timeout_s=10) as client:
-        finals = final_views(client, list(history.acked), timeout_s=60)
-        stats = client.stats()
-    problems = history.check(finals, read_ledger(ledger))
-    assert problems == [], problems[:10]
-    assert {view["state"] for view in finals.values()} == {"done"}
+    stats = acked_after_restarts(base_url, history, ledger)
     assert stats["epoch"] == 3 and (stats["queued"], stats["running"], stats["prefetched"]) == (0, 0, 0)
 
 

@@ -53,7 +53,8 @@ class ControlInbox:
         header, payload = self._waiting.popleft()
         key = attempt_key(header)
         cancelled = key in self._cancels
-        self._cancels &= {attempt_key(h) for h, _ in self._waiting}  # older cancels are moot
+        if self._cancels:  # older cancels are moot (rare: no set built per job otherwise)
+            self._cancels &= {attempt_key(h) for h, _ in self._waiting}
         return header, payload, cancelled
 
     def cancelled(self, key: AttemptKey) -> bool:
