@@ -260,9 +260,15 @@ def test_up_passes_the_token_to_the_web_part_off_its_command_line(
         f"{url}/dashboard/api/session", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
     )
     assert session.status_code == 200
+    read = 0
     for pid in children_of(up.pid):
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            assert TOKEN.encode() not in cmdline.read()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                assert TOKEN.encode() not in cmdline.read()
+        except FileNotFoundError:
+            continue  # a descendant that ended meanwhile shows no command line to anyone
+        read += 1
+    assert read >= 3  # at least the broker, the web part and the pool were read
     up.signal(signal.SIGTERM)
     assert up.wait(timeout_s=20) == 0
 
