@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +18,7 @@ from web_fixtures import WebServer
 
 from broker.client import Client
 from broker.errors import BadArguments
+from web.callback_store import CallbackStore
 from web.callbacks import CallbackPolicy, callback_body, check_callback_url
 
 OPEN = CallbackPolicy()
@@ -153,3 +157,96 @@ def test_without_the_allowlist_loopback_is_refused(
     assert response.status_code == 202
     wait_for(lambda: "callback refused" in web.proc.output(), timeout_s=20)
     assert receiver.answers == []
+
+
+class Clock:
+    """A wall clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_stored_callback_is_taken_over_only_once_its_lease_ran_out(tmp_path: Any) -> None:
+    clock = Clock()
+    first = CallbackStore(str(tmp_path), lease_s=30, clock=clock)
+    second = CallbackStore(str(tmp_path), lease_s=30, clock=clock)
+    kept = first.add("job-a", "https://example.com/a")
+    assert second.claim(10) == []  # the first process holds it
+    clock.now += 20
+    first.renew()  # the first process is alive: its lease runs 30 s from now
+    clock.now += 20
+    assert second.claim(10) == []
+    clock.now += 11  # the first process stopped renewing (it died)
+    assert second.claim(10) == [kept]
+    assert first.claim(10) == [] and second.claim(10) == []  # taken once
+    first.renew()  # the old owner's renewal does not take it back
+    clock.now += 31
+    assert first.claim(10) == [kept]  # ... and the new owner's lease ran out too
+    first.remove(kept.row)
+    assert second.count() == 0 and second.claim(10) == []
+    assert stat.S_IMODE(os.stat(first.path).st_mode) == 0o600
+    first.close()
+    second.close()
+
+
+def test_released_callbacks_are_taken_at_once_and_a_claim_takes_at_most_its_limit(tmp_path: Any) -> None:
+    clock = Clock()
+    leaving = CallbackStore(str(tmp_path), lease_s=30, clock=clock)
+    rows = [leaving.add(f"job-{i}", f"https://example.com/{i}") for i in range(5)]
+    leaving.release()
+    leaving.close()
+    taking = CallbackStore(str(tmp_path), lease_s=30, clock=clock)
+    assert taking.claim(0) == []
+    assert taking.claim(3) == rows[:3]  # oldest first
+    assert taking.claim(3) == rows[3:]
+    assert taking.count() == 5
+    taking.close()
+
+
+@pytest.fixture
+def lenient_receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.close()
+
+
+def pending_callbacks(data_dir: str) -> int:
+    store = CallbackStore(data_dir)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_callback_outlives_the_web_process_that_took_it(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
+    start_web: Callable[..., WebServer], lenient_receiver: Receiver, tmpdir_short: str, how: str,
+) -> None:  # fmt: skip
+    start_broker()
+    start_workers(1)
+    # a killed process's lease runs out after 1 s; a stopped one releases its callbacks, so
+    # the next process must take them at once, well before a 60 s lease would run out
+    lease = {"killed": "1", "stopped": "60"}[how]
+    env = {"JOBCAST_CALLBACK_ALLOW_HOSTS": "127.0.0.1", "JOBCAST_CALLBACK_LEASE_S": lease}
+    first = start_web(env=env)
+    response = post_job(first, "slow", {"seconds": 1.5, "steps": 3}, lenient_receiver.url)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    data_dir = os.path.join(tmpdir_short, "data")
+    assert pending_callbacks(data_dir) == 1  # on disk before the submission was answered
+    if how == "killed":
+        first.proc.signal(signal.SIGKILL)
+        first.proc.wait(10)
+    else:
+        first.proc.stop()
+        assert "1 undelivered callbacks left to the next web process" in first.proc.output()
+    assert lenient_receiver.bodies == []
+    start_web(env=env)
+    wait_for(lambda: lenient_receiver.bodies, timeout_s=30)
+    (view,) = lenient_receiver.bodies
+    assert view["id"] == job_id and view["state"] == "done" and view["result"]["steps"] == 3
+    wait_for(lambda: pending_callbacks(data_dir) == 0, timeout_s=10)  # forgotten once delivered

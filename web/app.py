@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.addresses import endpoints
 from broker.client import AsyncClient
 from web import api, dashboard, events, groups, metrics, pages
-from web.callbacks import CallbackPolicy, CallbackSender
+from web.callbacks import CallbackPolicy, CallbackSender, open_callback_store
 from web.dashboard_feed import DashboardHub
 from web.errors import exception_handlers
 from web.fast_path import LocalResults
@@ -89,7 +89,8 @@ def jobcast_lifespan(
         relay = Relay(context, events_url, settings.queue_size, curve=settings.curve)
         client = AsyncClient(settings.broker_url, context=context, curve=settings.curve)
         results = LocalResults(settings.data_dir)  # read-only: the cache-hit fast path, if here
-        callbacks = CallbackSender(client, CallbackPolicy.from_env())
+        policy = CallbackPolicy.from_env()
+        callbacks = CallbackSender(client, policy, open_callback_store(settings.data_dir, policy.lease_s))
         watchdog = SendWatchdog(settings.send_timeout_s)
         try:
             async with asyncio.TaskGroup() as group:
@@ -97,6 +98,7 @@ def jobcast_lifespan(
                 stalls = group.create_task(watchdog.run(), name="jobcast-send-watchdog")
                 quiet = group.create_task(relay.sweep_quiet(settings.resync_s), name="jobcast-quiet-sweep")
                 hub = DashboardHub(relay, client)  # shared by this process's dashboard sockets
+                callbacks.start()
                 try:
                     limits = Limits.from_settings(settings)
                     yield {"settings": settings, "client": client, "relay": relay, "results": results,

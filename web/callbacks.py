@@ -3,8 +3,9 @@
 Who delivers: the web process that took ``POST /api/jobs {"callback_url": ...}``. It waits
 for the job's end over its broker connection (``AsyncClient.wait``, which survives broker
 restarts) and POSTs the final view as JSON, retrying a failed delivery (network error or a
-non-2xx answer) ``attempts`` times with doubling back-off. A callback lives in that process
-only: if the web process stops first, it is not delivered.
+non-2xx answer) ``attempts`` times with doubling back-off. The callback is kept on disk
+(``web.callback_store``) before the submission is answered, so if that web process stops or
+dies first, the next one that shares the data directory delivers it (at least once).
 
 Not an SSRF gadget: only ``http``/``https`` URLs with a host and no credentials; the host is
 resolved at delivery, every address it has must be public (``broker.outbound``) and the
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,6 +32,7 @@ from urllib.parse import SplitResult
 from broker.client import AsyncClient
 from broker.errors import BadArguments
 from broker.outbound import is_ip_literal, is_public_address, split_http_url
+from web.callback_store import LEASE_S, CallbackStore, StoredCallback
 from web.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -54,15 +57,17 @@ class CallbackPolicy:
     backoff_s: float = 1.0
     timeout_s: float = 10.0
     max_body_bytes: int = 1024 * 1024
+    lease_s: float = LEASE_S  # a dead process's stored callbacks are taken over after this
 
     @classmethod
     def from_env(cls) -> CallbackPolicy:
-        """The policy from ``$JOBCAST_CALLBACK_*`` (ALLOW_HOSTS, MAX_PENDING, BACKOFF_S)."""
+        """The policy from ``$JOBCAST_CALLBACK_*`` (ALLOW_HOSTS, MAX_PENDING, BACKOFF_S, LEASE_S)."""
         hosts = os.environ.get(ALLOW_ENV, "").replace(",", " ").split()
         return cls(
             allow_hosts=frozenset(host.lower().strip("[]") for host in hosts),
             max_pending=int(os.environ.get("JOBCAST_CALLBACK_MAX_PENDING", "1000")),
             backoff_s=float(os.environ.get("JOBCAST_CALLBACK_BACKOFF_S", "1.0")),
+            lease_s=float(os.environ.get("JOBCAST_CALLBACK_LEASE_S", str(LEASE_S))),
         )
 
     def allowlisted(self, host: str) -> bool:
@@ -139,12 +144,26 @@ async def post_json(parts: SplitResult, address: str, body: bytes, timeout_s: fl
 
 
 class CallbackSender:
-    """The pending callbacks of one web process: waits, POSTs, retries; bounded."""
+    """The callbacks this web process delivers: waits, POSTs, retries; bounded.
 
-    def __init__(self, client: AsyncClient, policy: CallbackPolicy) -> None:
+    With a ``CallbackStore`` each callback is on disk before the submission is answered,
+    and the ones a stopped or dead web process left are taken over (``start``).
+    """
+
+    def __init__(
+        self, client: AsyncClient, policy: CallbackPolicy, store: CallbackStore | None = None
+    ) -> None:
         self.client = client
         self.policy = policy
+        self.store = store
         self.pending: set[asyncio.Task[None]] = set()
+        self._rows: set[int] = set()  # stored rows this process delivers now
+        self._leases: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Take over the stored callbacks nobody holds, now and every third of a lease."""
+        if self.store is not None:
+            self._leases = asyncio.get_running_loop().create_task(self._keep_leases(self.store))
 
     def check_capacity(self) -> None:
         """Refuse (503) a new callback while ``max_pending`` wait for delivery."""
@@ -152,12 +171,49 @@ class CallbackSender:
             raise ApiError(503, f"too many pending callbacks ({self.policy.max_pending}); retry later")
 
     def schedule(self, job_id: str, parts: SplitResult) -> None:
-        """Deliver the job's final view to ``parts`` once it ends."""
-        task = asyncio.get_running_loop().create_task(self._deliver(job_id, parts))
+        """Deliver the job's final view to ``parts`` once it ends (kept on disk meanwhile)."""
+        row = None
+        if self.store is not None:
+            try:
+                row = self.store.add(job_id, parts.geturl()).row
+            except sqlite3.Error as exc:
+                logger.error("job %s: callback kept in this process only (%s)", job_id, exc)
+        self._start_delivery(job_id, parts, row)
+
+    def _start_delivery(self, job_id: str, parts: SplitResult, row: int | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(job_id, parts, row))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
+        if row is not None:
+            self._rows.add(row)
 
-    async def _deliver(self, job_id: str, parts: SplitResult) -> None:
+    async def _keep_leases(self, store: CallbackStore) -> None:
+        while True:
+            try:
+                store.renew()
+                for stored in store.claim(self.policy.max_pending - len(self.pending)):
+                    self._take_over(stored)
+            except sqlite3.Error as exc:
+                logger.warning("callbacks file %s: %s", store.path, exc)
+            await asyncio.sleep(store.lease_s / 3)
+
+    def _take_over(self, stored: StoredCallback) -> None:
+        if stored.row in self._rows:
+            return  # this process delivers it already (its lease had run out meanwhile)
+        try:
+            parts = check_callback_url(stored.url, self.policy)
+        except BadArguments as exc:
+            logger.warning("job %s: stored callback dropped: %s", stored.job_id, exc)
+            self._forget(stored.row)
+            return
+        logger.info("job %s: callback to %s taken over", stored.job_id, parts.hostname)
+        self._start_delivery(stored.job_id, parts, stored.row)
+
+    async def _deliver(self, job_id: str, parts: SplitResult, row: int | None) -> None:
+        await self._send(job_id, parts)
+        self._forget(row)  # delivered or given up; a cancelled delivery stays for the next process
+
+    async def _send(self, job_id: str, parts: SplitResult) -> None:
         try:
             view = await self.client.wait(job_id)
         except Exception:
@@ -171,6 +227,15 @@ class CallbackSender:
                 await asyncio.sleep(self.policy.backoff_s * 2 ** (attempt - 1))
         logger.warning("job %s: callback to %s given up after %s attempts",
                        job_id, parts.hostname, self.policy.attempts)  # fmt: skip
+
+    def _forget(self, row: int | None) -> None:
+        if row is None or self.store is None:
+            return
+        self._rows.discard(row)
+        try:
+            self.store.remove(row)
+        except sqlite3.Error as exc:  # it may be sent again by the next process: at least once
+            logger.warning("callbacks file %s: row %s not removed (%s)", self.store.path, row, exc)
 
     async def _attempt(self, job_id: str, parts: SplitResult, body: bytes, attempt: int) -> bool:
         """One delivery attempt; True when done (delivered, or refused for good)."""
@@ -190,10 +255,31 @@ class CallbackSender:
         return False
 
     async def aclose(self) -> None:
-        """Cancel undelivered callbacks (they live in this process only)."""
-        tasks = list(self.pending)
-        if tasks:
-            logger.warning("dropping %s undelivered callbacks at shutdown", len(tasks))
+        """Stop delivering: the stored callbacks are released to the next web process, the
+        others (no store) are dropped."""
+        undelivered = len(self.pending)
+        tasks = [*self.pending, *([self._leases] if self._leases is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.store is None:
+            if undelivered:
+                logger.warning("dropping %s undelivered callbacks at shutdown", undelivered)
+            return
+        try:
+            self.store.release()
+        except sqlite3.Error as exc:
+            logger.warning("callbacks file %s: leases not released (%s)", self.store.path, exc)
+        if self._rows:
+            logger.warning("%s undelivered callbacks left to the next web process", len(self._rows))
+        self.store.close()
+
+
+def open_callback_store(data_dir: str, lease_s: float) -> CallbackStore | None:
+    """The data directory's callback file, or None (callbacks then live in this process only)."""
+    try:
+        return CallbackStore(data_dir, lease_s=lease_s)
+    except (sqlite3.Error, OSError) as exc:
+        logger.warning("no callbacks file in %s (%s): a callback is lost if this process stops first",
+                       data_dir, exc)  # fmt: skip
+        return None
