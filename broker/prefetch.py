@@ -7,6 +7,8 @@ others waits for them, and a slot elsewhere may come free meanwhile. So a slot h
 most about ``PREFETCH_BUDGET_S`` of work by the task's mean run time, and a task whose
 mean is not known yet (no finished run) or is longer than half the budget gets one job
 per slot, as with no prefetch at all (Celery's prefetch multiplier, bounded by time).
+Neither is a task with a concurrency limit (``TaskControls.prefetchable``): a held job
+counts against the limit while it waits.
 
 When a slot reports (a job done), it is topped up only once it holds at most half its
 ``prefetch`` (``wants_top_up``), so the jobs it is sent travel together in one bundle

@@ -57,11 +57,17 @@ class TaskControls:
 
     def prefetchable(self, tasks: frozenset[str], prefetch: int, held: int) -> list[str]:
         """Those of ``tasks`` a slot holding ``held`` attempts may take one more of now:
-        startable, with runs short enough for that depth (``broker.prefetch``)."""
+        startable, with runs short enough for that depth (``broker.prefetch``), and with no
+        concurrency limit: a held job counts against it while it waits, so the limit would
+        be spent on jobs queued behind one another in a single slot."""
         if prefetch <= held:
             return []
-        mean_s = self.run_times.mean_s
-        return [task for task in self.startable(tasks) if prefetch_depth(prefetch, mean_s(task)) > held]
+        mean_s, limit = self.run_times.mean_s, self.limits.limit
+        return [
+            task
+            for task in self.startable(tasks)
+            if prefetch_depth(prefetch, mean_s(task)) > held and limit(task) is None
+        ]
 
     def started(self, job: Job) -> None:
         """The job runs now: out of line, counted against its limit, no place any more."""

@@ -103,6 +103,19 @@ def test_a_task_with_no_known_run_time_or_long_runs_gets_one_job_per_slot() -> N
     assert view(broker, second, 30.0)["state"] == "running"
 
 
+def test_a_task_with_a_concurrency_limit_is_not_prefetched() -> None:
+    broker = Harness()
+    limited = {"echo": {"concurrency": 2}}
+    broker.worker(W1, p.Ready(tasks=["echo"], options=limited, pid=7, host="h", prefetch=4), 0.0)
+    learn_short_echo(broker, W1)
+    ids = [broker.submit_id(C1, 1.0, args={"i": i}) for i in range(4)]
+    assert assigned(broker.history, W1)[1:] == ids[:1]  # none held behind the running one
+    broker.worker(W2, p.Ready(tasks=["echo"], options=limited, pid=8, host="h", prefetch=4), 1.1)
+    # the limit of 2 is spent on two jobs that run, one per slot
+    assert assigned(broker.history, W2) == ids[1:2]
+    assert [view(broker, job_id, 1.1)["state"] for job_id in ids] == ["running"] * 2 + ["queued"] * 2
+
+
 def test_idle_slots_get_work_before_busy_ones_are_topped_up() -> None:
     broker = Harness()
     broker.worker(W1, ready(prefetch=4), 0.0)
