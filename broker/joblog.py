@@ -7,7 +7,9 @@ oldest lines go first. ``log_count`` counts every line ever received, so line ``
 its index: the lines kept are those numbered ``log_count - len(log)`` to ``log_count - 1``.
 
 The log lives in the job's ``extra`` (``log`` and ``log_count``), so it is part of the
-job's view, of its snapshot and of the view stored with the finished job. An event that
+job's view, of its snapshot, of the journal record of the running job (so that a broker
+restart keeps it: ``broker.jobs.job_record``) and of the view stored with the finished
+job. An event that
 adds lines carries only those (``log``) and the new ``log_count``; a watcher appends the
 lines whose index it has not seen, and a gap (a dropped event) is repaired from a
 snapshot, which carries every line kept.

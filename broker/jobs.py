@@ -214,10 +214,13 @@ _RECORD_FIELDS: Final = (
 
 
 def job_record(job: Job) -> dict[str, Any]:
-    """A live job as a JSON-ready journal record (args as text, no result)."""
+    """A live job as a JSON-ready journal record (args as text, its log if any, no result)."""
     record = {name: getattr(job, name) for name in _RECORD_FIELDS}
     record["state"] = str(job.state)
     record["args"] = job.args.decode("utf-8")
+    if "log_count" in job.extra:  # a broker restart keeps the lines a running task wrote
+        record["log"] = job.extra.get("log", [])
+        record["log_count"] = job.extra["log_count"]
     return record
 
 
@@ -225,4 +228,8 @@ def job_from_record(record: dict[str, Any]) -> Job:
     """Rebuild a live job from its journal record."""
     values = {name: record[name] for name in _RECORD_FIELDS if name in record}
     values["state"] = State(values.get("state", "queued"))
-    return Job(args=record["args"].encode("utf-8"), **values)
+    job = Job(args=record["args"].encode("utf-8"), **values)
+    log, count = record.get("log"), record.get("log_count")
+    if isinstance(log, list) and all(isinstance(line, str) for line in log) and isinstance(count, int):
+        job.extra.update(log=log, log_count=max(count, len(log)))
+    return job

@@ -57,6 +57,7 @@ class WorkerMessages(BrokerState):
             self.counters["stale_messages"] += 1
             return
         new = joblog.append(job.extra, msg.lines)
+        self.out.journal(job)  # an update: written with the next write, at most 50 ms on
         self.out.publish(job, now, extra=joblog.lines_event(job.extra, new))
 
     def _worker_done(self, peer: bytes, msg: p.Done, now: float) -> None:

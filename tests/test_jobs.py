@@ -18,6 +18,8 @@ from broker.jobs import (
     cache_key,
     canonical_args,
     is_job_id,
+    job_from_record,
+    job_record,
     new_job_id,
     parse_args,
 )
@@ -221,3 +223,21 @@ def test_cache_key_has_no_boundary_ambiguity() -> None:
     assert cache_key("ab", b"{}") != cache_key("a", b"b{}")
     assert cache_key("a", b"{}", "x") != cache_key("a", b"{}x", "")
     assert cache_key("a", b"", "{}") != cache_key("a", b"{}", "")
+
+
+def test_a_journal_record_keeps_the_log_a_running_task_wrote() -> None:
+    job = Job(id=new_job_id(), task="echo", args=b"{}", cache_key="k", created_at=0.0)
+    assert "log" not in job_record(job)  # no log: no fields
+    job.extra.update(log=["b", "c"], log_count=3, position=4)  # line 0 fell off the bound
+    record = json.loads(json.dumps(job_record(job)))
+    assert (record["log"], record["log_count"]) == (["b", "c"], 3) and "position" not in record
+    again = job_from_record(record)
+    assert again.extra == {"log": ["b", "c"], "log_count": 3}
+
+
+@pytest.mark.parametrize("log", [["ok", 7], "not a list", None])
+def test_a_record_whose_log_is_malformed_restores_the_job_without_it(log: Any) -> None:
+    job = Job(id=new_job_id(), task="echo", args=b"{}", cache_key="k", created_at=0.0)
+    record = {**job_record(job), "log": log, "log_count": 2}
+    restored = job_from_record(record)
+    assert restored.id == job.id and restored.extra == {}

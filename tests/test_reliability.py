@@ -412,6 +412,25 @@ def test_w8_workers_rejoin_a_restarted_broker_by_themselves(
 # --- B1-B7: broker and storage faults ----------------------------------------------------------
 
 
+def test_b_the_lines_a_running_task_logged_survive_a_broker_restart(
+    start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess], base_url: str
+) -> None:
+    broker = start_broker()
+    start_workers(1)
+    before = ["hello", "line 1 <b>&amp;</b>"]
+    with Client(base_url, timeout_s=10) as client:
+        job = client.submit("chatty", {"lines": 3, "seconds": 4.5, "say": "hello"})
+        wait_for(lambda: job.status().get("log", [])[:2] == before, timeout_s=10)
+        time.sleep(0.5)  # the journal takes a log update with its next write, within 50 ms
+        broker.signal(signal.SIGKILL)
+        broker.wait(timeout_s=10)
+        start_broker()
+        assert job.result(timeout=30) == {"lines": 3}
+        final = job.status()
+    assert final["log"][:2] == before, final["log"]  # the lines from before the restart are kept
+    assert final["log_count"] >= 2 and len(final["log"]) == final["log_count"]
+
+
 @pytest.mark.parametrize("before_end_s", [0.1, 0.7], ids=["dealer-still-open", "after-reconnect"])
 def test_b2_result_finished_while_the_broker_is_down_is_taken_once(
     start_broker: Callable[..., ReadyProcess], start_workers: Callable[..., ReadyProcess],
