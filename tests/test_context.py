@@ -97,6 +97,26 @@ def test_flush_does_not_resend_what_was_published(
     assert Job("job-d", 1, publisher=pub).flush() is None  # no progress: nothing to report
 
 
+def test_a_quiet_job_publishes_nothing_in_its_first_interval(
+    pubsub: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    pub, sub = pubsub
+    now = [10.0]
+    short = Job("job-q", 1, publisher=pub, clock=lambda: now[0], quiet=True)
+    short.progress(1, 1, "done fast")
+    now[0] += 0.001
+    assert short.flush() == {"done": 1, "total": 1, "message": "done fast"}  # in the outcome
+    assert _received(sub) == []  # a job that ends in its first interval publishes nothing
+    long = Job("job-r", 1, publisher=pub, clock=lambda: now[0], quiet=True)
+    long.progress(1, 3, "one")
+    now[0] += 0.125
+    long.progress(2, 3, "two")  # past the first interval: published as usual
+    now[0] += 0.001
+    long.progress(3, 3, "three")  # throttled, then flushed
+    long.flush()
+    assert [event.message for event in _received(sub)] == ["two", "three"]
+
+
 def test_long_messages_are_truncated() -> None:
     job = Job("job-e", 1)
     job.progress(1, 2, "x" * 5000)

@@ -95,3 +95,12 @@ def test_the_reader_reassembles_messages_from_any_chunking() -> None:
 def test_the_reader_refuses_a_frame_past_its_bound() -> None:
     with pytest.raises(ValueError, match="pipe frame exceeds"):
         MessageReader().feed((MAX_FRAME_BYTES + 1).to_bytes(4, "big"))
+
+
+def test_has_waiting_says_whether_assignments_wait_behind_the_one_handed_out(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    inbox = ControlInbox(read_fd)
+    for i in (1, 2):
+        assign(write_fd, f"j{i}")
+    assert inbox.next_assign() is not None and inbox.has_waiting
+    assert inbox.next_assign() is not None and not inbox.has_waiting

@@ -2,7 +2,11 @@
 
 Progress is published on the runner's own PUB socket (topic = job id) at most every
 ``PROGRESS_INTERVAL_S``; the latest call is always remembered, flushed when the task
-ends and reported in ``Done.last``, so the last figures are never lost. When the agent
+ends and reported in ``Done.last``, so the last figures are never lost. A job started
+``quiet`` (more jobs wait behind it in its slot: a short task, prefetched) publishes
+nothing in its first ``PROGRESS_INTERVAL_S``: most such jobs end before, and their
+outcome carries the last figures, so the broker and the browsers are spared an event
+per job that the final state supersedes a millisecond later. When the agent
 asks for a cancel (``cancel_check``, the runner's look at its control pipe), the next
 ``progress()`` raises ``JobCancelled``.
 
@@ -46,6 +50,7 @@ class Job:
         cancel_check: Callable[[], bool] | None = None,
         clock: Clock = time.monotonic,
         log_sink: LogSink | None = None,
+        quiet: bool = False,
     ) -> None:
         self.id = id
         self.attempt = attempt
@@ -55,7 +60,8 @@ class Job:
         self._clock = clock
         self._latest: tuple[int, int, str] | None = None
         self._published: tuple[int, int, str] | None = None
-        self._sent_at = float("-inf")
+        self._quiet = quiet  # publish nothing before PROGRESS_INTERVAL_S (module docstring)
+        self._sent_at = clock() if quiet else float("-inf")
         self._checked_at = float("-inf")
         self._cancelled = False
         self._log_sink = log_sink
@@ -118,7 +124,8 @@ class Job:
     def flush(self) -> dict[str, Any] | None:
         """Send what was throttled (progress and log lines); return the last progress."""
         self._send_log(self._clock(), final=True)
-        if self._latest is not None and self._latest != self._published:
+        quiet_so_far = self._quiet and self._published is None  # the outcome carries the figures
+        if self._latest is not None and self._latest != self._published and not quiet_so_far:
             self._publish(self._latest)
         return self.last
 

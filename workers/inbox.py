@@ -57,6 +57,11 @@ class ControlInbox:
             self._cancels &= {attempt_key(h) for h, _ in self._waiting}
         return header, payload, cancelled
 
+    @property
+    def has_waiting(self) -> bool:
+        """Whether assignments wait here behind the one handed out last."""
+        return bool(self._waiting)
+
     def cancelled(self, key: AttemptKey) -> bool:
         """Whether the agent asked to stop this attempt (or is gone); reads what is there."""
         self.poll()

@@ -132,7 +132,8 @@ def serve(control_fd: int, result_fd: int, publisher: zmq.Socket[bytes] | None) 
         job_id, attempt = str(header["id"]), int(header["attempt"])
         job = Job(job_id, attempt, task=str(header["task"]), publisher=publisher,
                   cancel_check=functools.partial(inbox.cancelled, (job_id, attempt)),
-                  log_sink=log_writer(result_fd, job_id, attempt))  # fmt: skip
+                  log_sink=log_writer(result_fd, job_id, attempt),
+                  quiet=inbox.has_waiting)  # fmt: skip
         if cancelled:  # cancelled while it waited here: it never starts
             write_message(result_fd, _outcome(job, "cancelled"))
             continue
