@@ -29,7 +29,7 @@ def start_agent(
     base_url: str, part_env: dict[str, str], processes: list[ReadyProcess]
 ) -> Callable[..., ReadyProcess]:
     def start(*extra: str) -> ReadyProcess:
-        argv = [PYTHON, "-m", "workers.agent", "--broker", base_url, "--tasks", "tasks", *extra]
+        argv = [PYTHON, "-m", "workers.agent_cli", "--broker", base_url, "--tasks", "tasks", *extra]
         proc = ReadyProcess(argv, env={**part_env, "JOBCAST_LOG": "DEBUG"})  # logs each assignment
         processes.append(proc)
         return proc
@@ -373,7 +373,7 @@ def test_missing_task_module_is_a_clear_error(base_url: str, part_env: dict[str,
     import subprocess
 
     proc = subprocess.run(
-        [PYTHON, "-m", "workers.agent", "--broker", base_url, "--tasks", "no_such_tasks"],
+        [PYTHON, "-m", "workers.agent_cli", "--broker", base_url, "--tasks", "no_such_tasks"],
         env={**os.environ, **part_env},
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """Layering rules, checked by scanning the source (ast), not by convention.
 
-- The pure modules import nothing of zmq, asyncio, socket, diskcache or sqlite3, and of the
-  broker only other pure modules.
+- The pure modules (of the broker, and the agent's bookkeeping in workers/) import nothing
+  of zmq, asyncio, socket, diskcache or sqlite3, and of the broker only pure modules.
 - Nothing in broker/, workers/ or web/ imports pickle, marshal or shelve, or uses pyzmq's
   pickling shortcuts (``send_pyobj``/``recv_pyobj``/``send_serialized``/``recv_serialized``).
 """
@@ -56,6 +56,8 @@ PURE = [
     "tally",
 ]
 PURE_PATHS = [ROOT / "broker" / f"{name}.py" for name in PURE]
+WORKER_PURE = ["slot", "outcome_pacing"]  # the agent's pure bookkeeping
+WORKER_PURE_PATHS = [ROOT / "workers" / f"{name}.py" for name in WORKER_PURE]
 ALLOWED_BROKER_IMPORTS = {f"broker.{name}" for name in [*PURE, "errors"]}
 IO_MODULES = {"zmq", "asyncio", "socket", "diskcache", "sqlite3"}
 PICKLERS = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"}
@@ -119,6 +121,13 @@ def test_pure_module_imports_only_pure_broker_modules(path: Path) -> None:
     # ``from broker import protocol as p`` names broker.protocol; names like
     # ``broker.jobs.State`` have two dots and are attributes, not modules.
     assert broker_modules - ALLOWED_BROKER_IMPORTS == set()
+
+
+@pytest.mark.parametrize("path", WORKER_PURE_PATHS, ids=WORKER_PURE)
+def test_pure_worker_module_imports_no_io(path: Path) -> None:
+    modules = imported_modules(parse(path), "workers")
+    assert roots(modules) & IO_MODULES == set()
+    assert {m for m in modules if m.startswith("broker.") and m.count(".") == 1} <= ALLOWED_BROKER_IMPORTS
 
 
 def test_pure_modules_load_no_io_at_run_time() -> None:

@@ -61,7 +61,7 @@ def test_pool_refuses_a_missing_task_module(base_url: str, part_env: dict[str, s
 
 
 def _agents(pool_pid: int) -> list[int]:
-    return [pid for pid in children_of(pool_pid) if _cmdline(pid).endswith("workers.agent")]
+    return [pid for pid in children_of(pool_pid) if _cmdline(pid).endswith("workers.agent_cli")]
 
 
 def _cmdline(pid: int) -> str:

@@ -249,7 +249,7 @@ def test_unknown_worker_key_is_refused_and_its_job_never_runs(
     processes: list[ReadyProcess], part_env: dict[str, str],
 ) -> None:  # fmt: skip
     url = curve_broker[1]
-    argv = [PYTHON, "-m", "workers.agent", "--broker", url, "--tasks", "tasks",
+    argv = [PYTHON, "-m", "workers.agent_cli", "--broker", url, "--tasks", "tasks",
             *keys.worker_args(keys.unknown_secret)]  # fmt: skip
     agent = ReadyProcess(argv, env=part_env)  # prints its ready line before it connects
     processes.append(agent)

@@ -1,13 +1,11 @@
 """One worker slot: the DEALER loop of Paranoid Pirate around a long-lived runner child.
 
-A slot holds up to ``prefetch`` attempts at once (the broker sends more than one only for
-short tasks). They go to the runner as they come and run there in order; the first one
-held is the one running, and only its timeout and cancel deadlines tick. A Stop for one
-still waiting makes the runner report it cancelled without running it. On warm shutdown
-or a lost broker the agent asks the runner to ``return`` those not started, and gives
-them back with ``Release``; when the runner dies they go to its successor. While the
-runner has more held attempts to run, its outcomes are read at most every
-``OUTCOME_BATCH_S`` and reported together, in one bundle.
+A slot holds up to ``prefetch`` attempts at once (``workers.slot.Held``: they run in
+order, the first one held is the one running). A Stop for one still waiting makes the
+runner report it cancelled without running it. On warm shutdown or a lost broker the
+agent asks the runner to ``return`` those not started, and gives them back with
+``Release``; when the runner dies they go to its successor. While the runner has more
+held attempts to run, ``OutcomePacing`` batches its outcomes.
 
 The agent announces itself with ``Ready``, heartbeats per ``Liveness`` and treats any
 message from the broker as proof of life. When the broker goes silent (or says
@@ -15,7 +13,8 @@ message from the broker as proof of life. When the broker goes silent (or says
 fresh ``Ready``. Task code runs in the ``workers.runner`` child, so the loop never
 blocks: one ``zmq.Poller`` watches the DEALER, the child's result pipe, a signal wake-up
 socket and, while writes to the child wait for room, its control pipe; every timer is
-checked on every iteration.
+checked on every iteration. ``ParentLink`` tells the pool (or a terminal) that the
+agent is up; the command line is ``workers.agent_cli``.
 
 Error ``type`` strings the agent itself reports in ``Failed``: ``Timeout``,
 ``JobCancelled``, ``WorkerLost`` and ``Busy`` (the runner reports the task's own).
@@ -23,28 +22,27 @@ Error ``type`` strings the agent itself reports in ``Failed``: ``Timeout``,
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import socket
 import sys
 import time
-from collections import deque
 from typing import Any, Final
 
 import zmq
 
-from broker.addresses import broker_url, endpoints
 from broker.errors import UnknownTask
 from broker.liveness import Backoff
 from broker.protocol import Assign, Bye, Done, Error, Failed, Heartbeat, Log, Message, Ready, Release, Stop
-from broker.security import ClientKeys, client_keys
+from broker.security import ClientKeys
 from workers import registry
 from workers.child import Child
 from workers.connection import BrokerConnection
+from workers.outcome_pacing import OutcomePacing
+from workers.parent_link import ParentLink
 from workers.signals import SignalFlags
-from workers.slot import Attempt, cancelled_error, error, outcome_message
+from workers.slot import Attempt, Held, cancelled_error, error, outcome_message
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +50,7 @@ CANCEL_GRACE_S: Final = 2.0
 WARM_GRACE_S: Final = 5.0
 MAX_POLL_S: Final = 1.0
 CHILD_CHECK_S: Final = 0.1  # a dead runner shows as EOF on its pipe; this catches the rest
-OUTCOME_BATCH_S: Final = 0.001  # with more attempts held, outcomes are read at most this often
 DEFAULT_PREFETCH: Final = 64
-MAX_PREFETCH: Final = 256
 
 
 class Agent:
@@ -68,25 +64,21 @@ class Agent:
         self.curve = curve
         self.task_modules = task_modules
         self.grace_s = grace_s
-        self.notify_fd = notify_fd
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.connection = BrokerConnection(self.context, self.poller, broker, self._ready, curve,
                                            on_lost=self._return_waiting)  # fmt: skip
-        self.notified = False
         self.child: Child | None = None
         self.child_backoff = Backoff()
-        self.watching_control = False  # the runner's control pipe, for room to write
-        self.watching_results = False  # the runner's result pipe; paused between outcome batches
-        self.results_paused_until: float | None = None
+        self.pacing = OutcomePacing()
         self.respawn_at: float | None = None
         self.next_child_check = 0.0
-        self.held: deque[Attempt] = deque()  # the first one runs; the others wait in the pipe
+        self.held = Held(CANCEL_GRACE_S)  # the first one runs; the others wait in the pipe
         self.signals = SignalFlags()
         self.handled_signals = 0
         self.stop_deadline: float | None = None
         self.exit_code: int | None = None
-        self.parent_pid = os.getppid() if notify_fd is not None else None
+        self.parent = ParentLink(notify_fd)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -98,7 +90,7 @@ class Agent:
             now = time.monotonic()
             self._spawn_child()
             self.connection.connect(now)
-            self._announce()
+            self.parent.announce(self.broker, registry.names())
             while self.exit_code is None:
                 self._step()
             return self.exit_code
@@ -114,7 +106,8 @@ class Agent:
         if dealer is not None and dealer in events:
             for msg in self.connection.receive(now):
                 self._dispatch(msg, now)
-            self._notify_connected()
+            if self.connection.ever_heard:
+                self.parent.connected()
         if self.child is not None and self.child.result_fd in events:
             self._read_child(now)
             self._pause_results(now)
@@ -122,16 +115,12 @@ class Agent:
         self._flush_child(now)
         self.connection.flush()
 
-    @property
-    def current(self) -> Attempt | None:
-        """The attempt running in the runner, if any."""
-        return self.held[0] if self.held else None
-
     def _tick(self, now: float) -> None:
         """Every timer, on every iteration (never inside one branch)."""
         self._resume_results(now)
         self._check_signals(now)
-        self._check_parent(now)
+        if self.parent.pool_gone():
+            self._cold_shutdown(now, "the pool is gone")
         self._check_child(now)
         self._check_deadlines(now)
         self.connection.tick(now)
@@ -140,9 +129,10 @@ class Agent:
 
     def _timeout_ms(self, now: float) -> int:
         deadlines = [now + MAX_POLL_S, self.respawn_at, self.stop_deadline,
-                     self.connection.next_deadline(), self.results_paused_until]  # fmt: skip
-        if self.current is not None:
-            deadlines += [self.current.deadline, self.current.cancel_deadline]
+                     self.connection.next_deadline(), self.pacing.paused_until]  # fmt: skip
+        current = self.held.current
+        if current is not None:
+            deadlines += [current.deadline, current.cancel_deadline]
         earliest = min(d for d in deadlines if d is not None)
         return max(0, math.ceil((earliest - now) * 1000) + 1)
 
@@ -167,17 +157,14 @@ class Agent:
 
     def _on_assign(self, msg: Assign, now: float) -> None:
         if len(self.held) >= self.prefetch or self.stop_deadline is not None:
-            running = self.current.id if self.current is not None else "none"
+            running = self.held.current.id if self.held.current is not None else "none"
             why = "shutting down" if self.stop_deadline is not None else f"busy with job {running}"
             why += f" and holds {len(self.held) - 1} more" if len(self.held) > 1 else ""
             logger.warning("job %s refused: worker is %s", msg.id, why)
             busy = error("Busy", f"worker is {why}")
             self.connection.send(Failed(id=msg.id, attempt=msg.attempt, error=busy), now)
             return
-        attempt = Attempt.hold(msg, _task_timeout_s(msg))
-        self.held.append(attempt)
-        if len(self.held) == 1:
-            attempt.begin(now, CANCEL_GRACE_S)
+        self.held.hold(Attempt.hold(msg, _task_timeout_s(msg)), now)
         logger.debug("job %s attempt %d assigned: %s", msg.id, msg.attempt, msg.task)
         if self.child is None:
             self._spawn_child()  # hands it every held attempt
@@ -193,7 +180,7 @@ class Agent:
         if held.stop_asked:
             return
         held.stop_asked = True
-        if held is self.current:
+        if held is self.held.current:
             held.cancel_deadline = now + CANCEL_GRACE_S
         logger.info("job %s attempt %d cancelling", msg.id, msg.attempt)
         if self.child is not None:
@@ -201,24 +188,15 @@ class Agent:
 
     def _finish(self, msg: Done | Failed, now: float) -> None:
         """The running attempt ended: report it; the next one held starts now."""
-        self.held.popleft()
+        self.held.finish(now)
         state = "done" if isinstance(msg, Done) else f"failed ({msg.error.get('type')})"
         logger.debug("job %s attempt %d %s", msg.id, msg.attempt, state)
         self.connection.send(msg, now)
-        if self.held:
-            self.held[0].begin(now, CANCEL_GRACE_S)
 
     def _release(self, job_id: str, attempt: int, now: float) -> None:
-        """Give back a held attempt the runner never started (even the first one: the
-        runner may not have reached it yet)."""
-        for held in self.held:
-            if held.matches(job_id, attempt):
-                first = held is self.current
-                self.held.remove(held)
-                self.connection.send(Release(id=job_id, attempt=attempt), now)
-                if first and self.held:
-                    self.held[0].begin(now, CANCEL_GRACE_S)
-                return
+        """Give back a held attempt the runner never started."""
+        if self.held.release(job_id, attempt, now):
+            self.connection.send(Release(id=job_id, attempt=attempt), now)
 
     def _return_waiting(self) -> None:
         """Ask the runner for the attempts it has not started (it answers ``returned``)."""
@@ -226,20 +204,9 @@ class Agent:
             self.child.return_waiting()
 
     def _check_deadlines(self, now: float) -> None:
-        current = self.current
-        if current is None:
-            return
-        if current.cancel_deadline is not None and now >= current.cancel_deadline:
-            self._kill_running(current.failed(cancelled_error(f"killed after {CANCEL_GRACE_S:g} s")), now)
-        elif current.deadline is not None and now >= current.deadline:
-            message = f"job exceeded timeout of {current.timeout_s:g} s"
-            self._kill_running(current.failed(error("Timeout", message), retry=True), now)
-        elif self.stop_deadline is not None and now >= self.stop_deadline:
-            if current.cancel_deadline is not None:
-                self._kill_running(current.failed(cancelled_error("worker shut down")), now)
-                return
-            message = f"worker shut down; the job did not end within {self.grace_s:g} s"
-            self._kill_running(current.failed(error("WorkerLost", message), retry=True), now)
+        outcome = self.held.overdue(now, self.stop_deadline, self.grace_s)
+        if outcome is not None:
+            self._kill_running(outcome, now)
 
     def _kill_running(self, outcome: Failed, now: float) -> None:
         """Kill the runner in the middle of the running attempt, which ends with ``outcome``."""
@@ -265,7 +232,7 @@ class Agent:
     def _spawn_child(self) -> None:
         """Start a runner and hand it every attempt held (none of them has run)."""
         self.child = Child.spawn(self.broker, self.task_modules, self.curve)
-        self._watch_results(self.child, True)
+        self.child.watch_results(self.poller, True)
         self.respawn_at = None
         for held in self.held:
             self.child.assign(held.assign)
@@ -275,8 +242,7 @@ class Agent:
     def _drop_child(self) -> Child | None:
         child, self.child = self.child, None
         if child is not None:
-            self._watch_results(child, False)
-            self._watch_control(child, False)
+            child.unwatch(self.poller)
         return child
 
     def _flush_child(self, now: float) -> None:
@@ -292,42 +258,18 @@ class Agent:
             if self.child is not None:
                 self._on_child_exit(now)
             return
-        self._watch_control(child, child.wants_write)
-
-    def _watch_control(self, child: Child, watch: bool) -> None:
-        self.watching_control = self._watch(child.control_fd, zmq.POLLOUT, watch, self.watching_control)
-
-    def _watch_results(self, child: Child, watch: bool) -> None:
-        self.watching_results = self._watch(child.result_fd, zmq.POLLIN, watch, self.watching_results)
-
-    def _watch(self, fd: int, events: int, watch: bool, watching: bool) -> bool:
-        """(Un)register ``fd`` with the poller if ``watch`` changes ``watching``; the new state."""
-        if watch != watching:
-            if watch:
-                self.poller.register(fd, events)
-            else:
-                self.poller.unregister(fd)
-        return watch
+        child.watch_control(self.poller, child.wants_write)
 
     def _pause_results(self, now: float) -> None:
-        """While the runner has more held attempts to run, leave its outcomes in the pipe for
-        OUTCOME_BATCH_S: they are then read, and reported, together (one bundle), and the
-        agent wakes once per batch instead of once per short job."""
-        if self.child is not None and len(self.held) > 1 and self.results_paused_until is None:
-            self.results_paused_until = now + OUTCOME_BATCH_S
-            self._watch_results(self.child, False)
+        """Leave the runner's outcomes in the pipe for a while (``OutcomePacing``)."""
+        if self.child is not None and self.pacing.pause(now, self.held):
+            self.child.watch_results(self.poller, False)
 
     def _resume_results(self, now: float) -> None:
-        """The pause is over, or a deadline is due and must see the outcomes that wait."""
-        if self.results_paused_until is None:
-            return
-        current = self.current
-        stopping = self.stop_deadline is not None and now >= self.stop_deadline
-        if now >= self.results_paused_until or stopping or (current is not None and current.due(now)):
-            self.results_paused_until = None
-            if self.child is not None:
-                self._watch_results(self.child, True)
-                self._read_child(now)
+        """Watch and read the pipe again once ``OutcomePacing`` ends the pause."""
+        if self.pacing.resume(now, self.held, self.stop_deadline) and self.child is not None:
+            self.child.watch_results(self.poller, True)
+            self._read_child(now)
 
     def _read_child(self, now: float) -> None:
         child = self.child
@@ -351,7 +293,7 @@ class Agent:
                 if isinstance(key, list) and len(key) == 2:
                     self._release(key[0], key[1], now)
             return
-        current = self.current
+        current = self.held.current
         if current is None or not current.matches(header.get("id"), header.get("attempt")):
             logger.warning("job %s: dropped a stale outcome from the runner", header.get("id"))
             return
@@ -364,7 +306,7 @@ class Agent:
     def _on_child_exit(self, now: float) -> None:
         child = self._drop_child()
         how = child.reap() if child is not None else "is gone"
-        current = self.current
+        current = self.held.current
         if current is None:
             logger.warning("idle runner child %s", how)
             self.respawn_at = now + self.child_backoff.next_delay_s()
@@ -402,37 +344,15 @@ class Agent:
         else:
             self._cold_shutdown(now, "cold shutdown")
 
-    def _check_parent(self, now: float) -> None:
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            self.parent_pid = None
-            self._cold_shutdown(now, "the pool is gone")
-
     def _cold_shutdown(self, now: float, reason: str) -> None:
         logger.warning("%s: killing the runner and exiting", reason)
         self.stop_deadline = now
         self.exit_code = 1
         self._check_deadlines(now)
 
-    def _announce(self) -> None:
-        if self.notify_fd is not None:
-            return
-        tasks = ", ".join(registry.names())
-        sys.stdout.write(f"jobcast agent ready: pid {os.getpid()}, broker {self.broker}, "
-                         f"tasks [{tasks}]\n")  # fmt: skip
-        sys.stdout.flush()
-
-    def _notify_connected(self) -> None:
-        if self.notify_fd is None or self.notified or not self.connection.ever_heard:
-            return
-        self.notified = True
-        try:
-            os.write(self.notify_fd, b"connected\n")
-        except OSError:
-            logger.warning("could not notify the pool")
-
     def _ready(self) -> Ready:
         return Ready(tasks=registry.names(), options=registry.options(), pid=os.getpid(),
-                     host=socket.gethostname(), busy=self.current is not None,
+                     host=socket.gethostname(), busy=self.held.current is not None,
                      prefetch=self.prefetch, bundles=True)  # fmt: skip
 
     def _close(self) -> None:
@@ -445,12 +365,6 @@ class Agent:
         self.context.term()
 
 
-def check_prefetch(prefetch: int) -> None:
-    """Raises ValueError unless 1 <= prefetch <= MAX_PREFETCH."""
-    if not 1 <= prefetch <= MAX_PREFETCH:
-        raise ValueError(f"prefetch must be 1-{MAX_PREFETCH} (got {prefetch})")
-
-
 def _task_timeout_s(msg: Assign) -> float | None:
     if msg.timeout_s is not None:
         return msg.timeout_s
@@ -460,39 +374,5 @@ def _task_timeout_s(msg: Assign) -> float | None:
         return None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workers.agent")
-    parser.add_argument("--broker", default=None, help="broker base URL ($JOBCAST_BROKER)")
-    parser.add_argument("--tasks", action="append", default=[], help="task module (repeat)")
-    parser.add_argument("--grace-s", type=float, default=WARM_GRACE_S)
-    parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
-                        help=f"attempts held at once, 1-{MAX_PREFETCH} (short tasks only)")  # fmt: skip
-    parser.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--curve-secret", default=None, help="own CURVE key pair file")
-    parser.add_argument("--curve-server", default=None, help="the broker's public key file")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one worker slot (``python -m workers.agent --broker URL --tasks MODULE``)."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("JOBCAST_LOG", "INFO"), format="%(levelname)s agent %(process)d: %(message)s"
-    )
-    modules = args.tasks or list(registry.DEFAULT_TASK_MODULES)
-    try:
-        check_prefetch(args.prefetch)
-        url = broker_url(args.broker)
-        endpoints(url)
-        registry.load_modules(modules)
-        curve = client_keys(args.curve_secret, args.curve_server)
-    except (ValueError, ImportError) as exc:
-        sys.stderr.write(f"jobcast agent: {exc}\n")
-        return 2
-    agent = Agent(url, modules, grace_s=args.grace_s, notify_fd=args.notify_fd, curve=curve,
-                  prefetch=args.prefetch)  # fmt: skip
-    return agent.run()
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("run a worker slot with: python -m workers.agent_cli (or: jobcast worker)")

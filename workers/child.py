@@ -1,4 +1,9 @@
-"""The agent's handle on its runner child: spawn, talk over pipes, kill, reap."""
+"""The agent's handle on its runner child: spawn, talk over pipes, kill, reap.
+
+The handle also remembers which of its two pipes the agent's poller watches: the result
+pipe for outcomes (except while ``OutcomePacing`` batches them), the control pipe for
+room to write only while control messages wait.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import signal
 import subprocess
 import sys
 from typing import Any, Final
+
+import zmq
 
 from broker.protocol import Assign
 from broker.security import ClientKeys
@@ -28,6 +35,8 @@ class Child:
         self._reader = MessageReader()
         self._pending = bytearray()  # control messages not written yet (the pipe was full)
         self._closed = False
+        self._watching_results = False
+        self._watching_control = False
 
     @classmethod
     def spawn(cls, broker_url: str, task_modules: list[str], curve: ClientKeys | None = None) -> Child:
@@ -93,6 +102,21 @@ class Child:
                 return messages, True
             messages += self._reader.feed(data)
 
+    def watch_results(self, poller: zmq.Poller, watch: bool) -> None:
+        """Have ``poller`` watch the result pipe for outcomes, or stop it (if that changes)."""
+        if watch != self._watching_results:
+            self._watching_results = _watch(poller, self.result_fd, zmq.POLLIN, watch)
+
+    def watch_control(self, poller: zmq.Poller, watch: bool) -> None:
+        """Have ``poller`` watch the control pipe for room to write, or stop it (if that changes)."""
+        if watch != self._watching_control:
+            self._watching_control = _watch(poller, self.control_fd, zmq.POLLOUT, watch)
+
+    def unwatch(self, poller: zmq.Poller) -> None:
+        """Have ``poller`` watch neither pipe (before the agent lets go of this child)."""
+        self.watch_results(poller, False)
+        self.watch_control(poller, False)
+
     def kill(self) -> None:
         """SIGKILL the child and reap it."""
         if self.proc.poll() is None:
@@ -128,6 +152,14 @@ class Child:
             self._closed = True
             os.close(self.control_fd)
             os.close(self.result_fd)
+
+
+def _watch(poller: zmq.Poller, fd: int, events: int, watch: bool) -> bool:
+    if watch:
+        poller.register(fd, events)
+    else:
+        poller.unregister(fd)
+    return watch
 
 
 def describe_exit(returncode: Any) -> str:

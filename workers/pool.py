@@ -1,6 +1,6 @@
 """The worker pool: N agent processes (one per slot), kept alive, stopped cleanly.
 
-``run_pool`` starts ``python -m workers.agent`` N times, each in its own process group
+``run_pool`` starts ``python -m workers.agent_cli`` N times, each in its own process group
 (so a terminal's Ctrl-C reaches only the pool, which forwards it once), restarts any
 agent that dies after a capped back-off, and prints one ready line when every agent has
 heard from the broker. On SIGTERM/SIGINT it forwards SIGTERM (warm), waits up to the
@@ -25,7 +25,8 @@ from broker.addresses import broker_url, endpoints
 from broker.liveness import Backoff
 from broker.security import ClientKeys, client_keys
 from workers import registry
-from workers.agent import DEFAULT_PREFETCH, MAX_PREFETCH, WARM_GRACE_S, check_prefetch
+from workers.agent import DEFAULT_PREFETCH, WARM_GRACE_S
+from workers.agent_cli import MAX_PREFETCH, check_prefetch
 from workers.signals import SignalFlags
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class Pool:
 
     def _start(self, agent: AgentProcess) -> None:
         read_fd, write_fd = os.pipe()
-        argv = [sys.executable, "-m", "workers.agent", "--broker", self.broker,
+        argv = [sys.executable, "-m", "workers.agent_cli", "--broker", self.broker,
                 "--grace-s", str(self.grace_s), "--notify-fd", str(write_fd),
                 "--prefetch", str(self.prefetch)]  # fmt: skip
         for module in self.task_modules:
