@@ -1,10 +1,15 @@
 """CURVE keys and socket security: one place for every socket that crosses a host boundary.
 
 Off loopback the broker runs the Ironhouse model of the ZeroMQ Guide: each of its four
-sockets is a CURVE server in ZAP domain ``jobcast`` with ``ZAP_ENFORCE_DOMAIN``, and a ZAP
-authenticator (pyzmq's, in its own thread) accepts only the client public keys found in
-an allowlist directory. Without ZAP, CURVE encrypts but lets any key in, so the broker
-never runs CURVE without it. libzmq also refuses legacy ZMTP/1.0 peers once ZAP is on.
+sockets is a CURVE server with ``ZAP_ENFORCE_DOMAIN``, and a ZAP authenticator (pyzmq's,
+in its own thread) accepts only the client public keys found in an allowlist directory.
+Without ZAP, CURVE encrypts but lets any key in, so the broker never runs CURVE without
+it. libzmq also refuses legacy ZMTP/1.0 peers once ZAP is on.
+
+Three sockets are in ZAP domain ``jobcast``; the event stream out (which carries every
+job's id and progress to whoever subscribes) is in ``jobcast-events``, which admits the
+allowlisted keys except those narrowed by a task grant (``broker.task_grants``): a worker
+key trusted for some tasks has no business reading every job's id.
 
 Key files are pyzmq certificates: ``NAME.key`` (public) and ``NAME.key_secret`` (both
 keys, mode 0600), as ``jobcast keys DIR --name NAME`` writes them. Keys are loaded into
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,6 +31,7 @@ from zmq.auth.thread import ThreadAuthenticator
 logger = logging.getLogger(__name__)
 
 ZAP_DOMAIN: Final = "jobcast"
+EVENTS_ZAP_DOMAIN: Final = "jobcast-events"  # the event stream out: no task-granted keys
 ENV_SECRET: Final = "JOBCAST_CURVE_SECRET"
 ENV_SERVER: Final = "JOBCAST_CURVE_SERVER"
 ENV_ALLOW: Final = "JOBCAST_CURVE_ALLOW"
@@ -156,33 +162,46 @@ def configure_client(sock: zmq.Socket[Any], keys: ClientKeys | None) -> None:
     sock.curve_serverkey = keys.server
 
 
-def configure_server(sock: zmq.Socket[Any], keys: ServerKeys | None) -> None:
-    """Make ``sock`` a CURVE server checked by ZAP (before ``bind``); no-op for None."""
+def configure_server(sock: zmq.Socket[Any], keys: ServerKeys | None, domain: str = ZAP_DOMAIN) -> None:
+    """Make ``sock`` a CURVE server checked by ZAP in ``domain`` (before ``bind``); no-op for None."""
     if keys is None:
         return
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_server = True
-    sock.zap_domain = ZAP_DOMAIN.encode()
+    sock.zap_domain = domain.encode()
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # a ZAP failure refuses, never waves through
 
 
-def allowed_key_count(allow_dir: str) -> int:
-    """How many client public keys the allowlist directory holds."""
-    return len(zmq.auth.load_certificates(allow_dir))
+class AdmittedKeys:
+    """The ZAP check (a pyzmq credentials provider): which client keys each domain admits."""
+
+    def __init__(self, by_domain: Mapping[str, frozenset[bytes]]) -> None:
+        self.by_domain = dict(by_domain)  # domain -> Z85 public keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Whether the client with Z85 public ``key`` may connect to a socket in ``domain``."""
+        return key in self.by_domain.get(domain, frozenset())
 
 
-def start_authenticator(context: zmq.Context[Any], keys: ServerKeys) -> ThreadAuthenticator:
-    """Start pyzmq's ZAP handler on ``context``, allowing only the allowlisted client keys.
+def start_authenticator(
+    context: zmq.Context[Any], keys: ServerKeys, not_watching: Iterable[str] = ()
+) -> ThreadAuthenticator:
+    """Start pyzmq's ZAP handler on ``context``, allowing only the allowlisted client keys;
+    those in ``not_watching`` (Z85 text) may not connect to the event stream out.
 
     Raises:
         ValueError: the allowlist holds no key (every client would be refused).
     """
-    count = allowed_key_count(keys.allow_dir)
-    if count == 0:
+    allowed = frozenset(zmq.auth.load_certificates(keys.allow_dir))
+    if not allowed:
         raise ValueError(f"no client .key files in {keys.allow_dir}: nothing could connect")
+    barred = frozenset(key.encode() for key in not_watching)
+    admitted = AdmittedKeys({ZAP_DOMAIN: allowed, EVENTS_ZAP_DOMAIN: allowed - barred})
     authenticator = ThreadAuthenticator(context, log=logging.getLogger("jobcast.zap"))
     authenticator.start()
-    authenticator.configure_curve(domain=ZAP_DOMAIN, location=keys.allow_dir)
-    logger.info("CURVE on: %d allowed client keys from %s", count, keys.allow_dir)
+    for domain in admitted.by_domain:
+        authenticator.configure_curve_callback(domain=domain, credentials_provider=admitted)
+    logger.info("CURVE on: %d allowed client keys from %s (%d of them not on the event stream)",
+                len(allowed), keys.allow_dir, len(allowed & barred))  # fmt: skip
     return authenticator

@@ -29,7 +29,7 @@ from broker.effects import Effect, Journal, Publish, SendClient, SendWorker, Sto
 from broker.journal import JobJournal
 from broker.liveness import heartbeat_interval_s
 from broker.results import RESULT_CACHE_BYTES, ResultStore, prepare_data_dir
-from broker.security import ServerKeys, configure_server, start_authenticator
+from broker.security import EVENTS_ZAP_DOMAIN, ZAP_DOMAIN, ServerKeys, configure_server, start_authenticator
 from broker.storage import StorageGuard
 from broker.task_grants import load_task_grants
 
@@ -70,7 +70,7 @@ class BrokerServer:
         self.next_cull = time.monotonic() + CULL_INTERVAL_S
         self.context = zmq.Context()
         # pyzmq's ZAP handler runs in its own thread; the loop below stays single-threaded
-        self.authenticator = start_authenticator(self.context, curve) if curve else None
+        self.authenticator = start_authenticator(self.context, curve, self.task_grants) if curve else None
         self._wake_r, self._wake_w = socket.socketpair()
         self._bind()
 
@@ -96,7 +96,7 @@ class BrokerServer:
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.events_in = _socket(ctx, zmq.XSUB, ep.events_in, p.MAX_HEADER_BYTES, keys)
         self.events_in.send(b"\x01")  # the broker sees every event: it stamps seq on each
-        self.events_out = _socket(ctx, zmq.XPUB, ep.events_out, 1024, keys)
+        self.events_out = _socket(ctx, zmq.XPUB, ep.events_out, 1024, keys, EVENTS_ZAP_DOMAIN)
         self.events_out.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, to count them
         self.poller = zmq.Poller()
         for sock in (self.clients, self.workers, self.events_in, self.events_out):
@@ -239,13 +239,13 @@ class BrokerServer:
 
 
 def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_frame: int,
-            curve: ServerKeys | None) -> zmq.Socket[bytes]:  # fmt: skip
+            curve: ServerKeys | None, domain: str = ZAP_DOMAIN) -> zmq.Socket[bytes]:  # fmt: skip
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
-    configure_server(sock, curve)
+    configure_server(sock, curve, domain)
     sock.bind(endpoint)
     return sock
 

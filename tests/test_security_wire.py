@@ -231,6 +231,37 @@ def test_a_worker_key_with_a_task_grant_runs_only_those_tasks(
     assert any("may not run" in line for line in broker.stderr_lines), broker.output()
 
 
+def test_a_worker_key_with_a_task_grant_may_not_read_the_event_stream(
+    start_tcp_broker: Callable[..., ReadyProcess], keys: KeyFiles, tcp_url: str,
+    processes: list[ReadyProcess], part_env: dict[str, str],
+) -> None:  # fmt: skip
+    """The event stream out carries every job's id: a key narrowed to some tasks is kept off
+    it (its runner still publishes progress in), an unnarrowed key still reads it."""
+    with open(os.path.join(keys.allow_dir, "worker.tasks"), "w") as grant:
+        grant.write("slow\n")
+    port = tcp_url.rsplit(":", 1)[1]
+    start_tcp_broker(f"tcp://0.0.0.0:{port}", "--curve-secret", keys.broker_secret,
+                     "--curve-allow", keys.allow_dir)  # fmt: skip
+    start_tcp_workers(processes, part_env, tcp_url, *keys.worker_args())
+    with Client(tcp_url, timeout_s=10, curve=keys.client()) as client:
+        ctx = zmq.Context()
+        try:
+            outcomes = {}
+            for name, secret in (("worker", keys.worker_secret), ("client", keys.client_secret)):
+                sub = ctx.socket(zmq.SUB)
+                sub.setsockopt(zmq.LINGER, 0)
+                configure_client(sub, keys.client(secret))
+                outcomes[name] = handshake_outcome(sub, client.endpoints.events_out)
+                sub.close()
+        finally:
+            ctx.term()
+        assert outcomes == {"worker": "EVENT_HANDSHAKE_FAILED_AUTH", "client": "EVENT_HANDSHAKE_SUCCEEDED"}
+        job = client.submit("slow", {"seconds": 1.0, "steps": 10})  # run by the narrowed key
+        middle = {event["done"] for event in job.events() if event["state"] == "running"} - {0, 10}
+        assert len(middle) >= 3  # its progress still comes in, and out to the client
+        assert job.result(timeout=10) == {"steps": 10}
+
+
 def test_keys_command_writes_a_task_grant(tmpdir_short: str) -> None:
     directory = os.path.join(tmpdir_short, "keys")
     done = subprocess.run(jobcast("keys", directory, "--name", "w2", "--tasks", "report, feeds"),
