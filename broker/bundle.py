@@ -135,9 +135,9 @@ def bundle_sends(effects: list[Effect], takes_bundles: Callable[[bytes], bool]) 
     """A turn's effects with several messages to one peer packed (``pack``) where the first
     of them was: a slot's that reads bundles (``takes_bundles``), and a client's replies
     marked ``bundles``. Every other effect keeps its place."""
+    found_all = [_bundleable(effect) for effect in effects]
     grouped: dict[tuple[type, bytes], list[list[bytes]]] = {}
-    for effect in effects:
-        found = _bundleable(effect)
+    for found in found_all:
         if found is not None:
             grouped.setdefault(found[0], []).append(found[1])
     packed = {
@@ -149,8 +149,7 @@ def bundle_sends(effects: list[Effect], takes_bundles: Callable[[bytes], bool]) 
         return effects
     emitted: set[tuple[type, bytes]] = set()
     out: list[Effect] = []
-    for effect in effects:
-        found = _bundleable(effect)
+    for effect, found in zip(effects, found_all, strict=True):
         if found is None or found[0] not in packed:
             out.append(effect)
         elif found[0] not in emitted:

@@ -251,8 +251,10 @@ def test_a_worker_key_with_a_task_grant_may_not_read_the_event_stream(
                 sub = ctx.socket(zmq.SUB)
                 sub.setsockopt(zmq.LINGER, 0)
                 configure_client(sub, keys.client(secret))
-                outcomes[name] = handshake_outcome(sub, client.endpoints.events_out)
-                sub.close()
+                try:
+                    outcomes[name] = handshake_outcome(sub, client.endpoints.events_out)
+                finally:
+                    sub.close()
         finally:
             ctx.term()
         assert outcomes == {"worker": "EVENT_HANDSHAKE_FAILED_AUTH", "client": "EVENT_HANDSHAKE_SUCCEEDED"}

@@ -13,14 +13,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import Final
 
 from broker.addresses import broker_url, endpoints
 from broker.security import client_keys
+from broker.workforce import MAX_PREFETCH  # the broker's own bound on what a slot holds
 from workers import registry
 from workers.agent import DEFAULT_PREFETCH, WARM_GRACE_S, Agent
-
-MAX_PREFETCH: Final = 256
 
 
 def check_prefetch(prefetch: int) -> None:

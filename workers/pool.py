@@ -24,9 +24,10 @@ from typing import Final, TextIO
 from broker.addresses import broker_url, endpoints
 from broker.liveness import Backoff
 from broker.security import ClientKeys, client_keys
+from broker.workforce import MAX_PREFETCH
 from workers import registry
 from workers.agent import DEFAULT_PREFETCH, WARM_GRACE_S
-from workers.agent_cli import MAX_PREFETCH, check_prefetch
+from workers.agent_cli import check_prefetch
 from workers.signals import SignalFlags
 
 logger = logging.getLogger(__name__)

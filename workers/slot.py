@@ -108,7 +108,7 @@ class Held(deque[Attempt]):
         """How the running attempt ends if a deadline has passed, else None: first its cancel
         grace, then its timeout, then the warm shutdown's ``stop_deadline`` (``grace_s``
         after the shutdown began; an attempt already asked to stop counts as cancelled)."""
-        current = self[0] if self else None
+        current = self.current
         if current is None:
             return None
         if current.cancel_deadline is not None and now >= current.cancel_deadline:
