@@ -93,9 +93,7 @@ class JobJournal:
             self._write({}, now)
 
     def _write(self, meta: dict[str, str], now: float | None) -> None:
-        jobs = self.batch.waiting
-        puts = [(job_id, text) for job_id, text in jobs.items() if text is not None]
-        ends = [(job_id,) for job_id, text in jobs.items() if text is None]
+        puts, ends = self.batch.rows()
         try:
             self._commit(list(meta.items()), puts, ends)
         except BaseException:

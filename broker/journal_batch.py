@@ -16,6 +16,7 @@ found finished in the result cache when the broker starts (``BrokerServer``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -25,6 +26,8 @@ MAX_WAITING: Final = 1000
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps with options makes one per call
 
 Record = dict[str, Any]
+
+logger = logging.getLogger("broker.journal")
 
 
 def is_update(job: Record) -> bool:
@@ -39,16 +42,16 @@ class JournalBatch:
     def __init__(self, flush_after_s: float = FLUSH_AFTER_S, max_waiting: int = MAX_WAITING) -> None:
         self.flush_after_s = flush_after_s
         self.max_waiting = max_waiting
-        self.waiting: dict[str, str | None] = {}  # job id -> its record as JSON; None: it ended
+        self.waiting: dict[str, Record | None] = {}  # job id -> its latest record; None: it ended
         self.flush_at: float | None = None
 
     def add(self, records: Iterable[Record], now: float) -> tuple[bool, dict[str, str]]:
         """Take one turn's records; whether everything waiting must be written now, and the meta.
 
-        Records are kept as JSON text. Only each job's (and meta key's) last record counts:
-        the write is one atomic transaction, so the ones before it could never be seen, and
-        they are not even encoded (a job submitted and assigned in one turn: one record). A
-        record that counts but has no JSON form raises and leaves nothing of the turn behind.
+        Only each job's (and meta key's) last record counts: the write is one atomic
+        transaction, so the ones before it could never be seen. Job records are encoded
+        only when written (``rows``), so one replaced while it waits is never encoded: a
+        prefetched job's assignment, say, that its end follows within the same wait.
         """
         last: dict[str, Record | None] = {}
         meta: dict[str, str] = {}
@@ -62,11 +65,29 @@ class JournalBatch:
                 meta[record["key"]] = dump(record["value"])
             else:
                 last[record["id"]] = None
-        jobs = {job_id: None if job is None else dump(job) for job_id, job in last.items()}
-        self.waiting.update(jobs)
+        self.waiting.update(last)
         if self.waiting and self.flush_at is None:
             self.flush_at = now + self.flush_after_s
         return urgent or bool(meta) or len(self.waiting) >= self.max_waiting, meta
+
+    def rows(self) -> tuple[list[tuple[str, str]], list[tuple[str]]]:
+        """What waits, as rows to write: (id, JSON record) to upsert and (id,) to delete.
+
+        A record with no JSON form (which ``jobs.job_record`` never makes) is logged and
+        left out, so that one bad record cannot stop every later write; the job keeps the
+        record the journal already holds, if any.
+        """
+        puts: list[tuple[str, str]] = []
+        ends: list[tuple[str]] = []
+        for job_id, job in self.waiting.items():
+            if job is None:
+                ends.append((job_id,))
+                continue
+            try:
+                puts.append((job_id, dump(job)))
+            except (TypeError, ValueError) as exc:
+                logger.error("journal: job %s has a record with no JSON form (%s); not written", job_id, exc)
+        return puts, ends
 
     def due(self, now: float) -> bool:
         """Whether waiting records are past their time."""

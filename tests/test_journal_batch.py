@@ -24,14 +24,14 @@ def test_a_new_job_is_written_at_once_with_what_waits() -> None:
     assert batch.flush_at == 10.05
     urgent, meta = batch.add([put("c", 0)], now=10.01)  # a submit: durable before its ack
     assert urgent and meta == {}
-    assert batch.waiting == {"a": '{"id":"a","attempts":1}', "b": None, "c": '{"id":"c","attempts":0}'}
+    assert batch.rows() == ([("a", '{"id":"a","attempts":1}'), ("c", '{"id":"c","attempts":0}')], [("b",)])
 
 
 def test_submitted_and_assigned_in_one_turn_is_still_new() -> None:
     batch = JournalBatch()
     urgent, _ = batch.add([put("a", 0, state="queued"), put("a", 1, state="running")], now=0.0)
     assert urgent
-    assert batch.waiting == {"a": '{"id":"a","attempts":1,"state":"running"}'}
+    assert batch.rows() == ([("a", '{"id":"a","attempts":1,"state":"running"}')], [])
 
 
 def test_groups_and_meta_are_written_at_once() -> None:
@@ -46,9 +46,9 @@ def test_updates_and_ends_wait_until_due() -> None:
     batch.add([put("a", 2), end("b")], now=1.04)  # the first one's deadline holds
     assert not batch.due(1.049)
     assert batch.due(1.05)
-    assert batch.waiting == {"a": '{"id":"a","attempts":2}', "b": None}
+    assert batch.rows() == ([("a", '{"id":"a","attempts":2}')], [("b",)])
     batch.written()
-    assert batch.waiting == {} and batch.flush_at is None and not batch.due(99.0)
+    assert batch.rows() == ([], []) and batch.flush_at is None and not batch.due(99.0)
 
 
 def test_too_many_waiting_are_written() -> None:
@@ -65,16 +65,19 @@ def test_a_failed_write_keeps_the_records_and_retries_later() -> None:
     assert batch.flush_at == 5.1 + RETRY_AFTER_S
 
 
-def test_a_record_with_no_json_form_leaves_nothing_of_its_turn() -> None:
+def test_a_record_with_no_json_form_is_logged_and_left_out_of_the_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     batch = JournalBatch()
-    batch.add([end("a")], now=0.0)
-    with pytest.raises(TypeError):
-        batch.add([end("b"), put("c", 1, bad=object())], now=0.0)
-    assert batch.waiting == {"a": None}
+    batch.add([end("a"), put("b", 1, bad=object()), put("c", 1)], now=0.0)
+    assert batch.rows() == ([("c", '{"id":"c","attempts":1}')], [("a",)])
+    assert "job b has a record with no JSON form" in caplog.text
 
 
-def test_only_the_record_that_counts_is_encoded() -> None:
+def test_a_record_replaced_while_it_waits_is_never_encoded() -> None:
     batch = JournalBatch()
     urgent, _ = batch.add([put("a", 0, bad=object()), put("a", 1, state="running")], now=0.0)
     assert urgent  # the first record was a submit, though never encoded: it can never be seen
-    assert batch.waiting == {"a": '{"id":"a","attempts":1,"state":"running"}'}
+    batch.add([put("b", 1, bad=object())], now=0.01)  # an assignment...
+    batch.add([end("b")], now=0.02)  # ...that its end replaces before the flush
+    assert batch.rows() == ([("a", '{"id":"a","attempts":1,"state":"running"}')], [("b",)])
