@@ -17,6 +17,7 @@ from web.relay import (
     KeepLatestBuffer,
     Relay,
     Watch,
+    WatchEnded,
     clone_join,
     event_message,
     snapshot_message,
@@ -273,6 +274,26 @@ def test_watch_notes_a_sequence_gap() -> None:
     asyncio.run(scenario())
 
 
+def test_a_waiting_get_wakes_on_a_push_and_ends_when_the_watcher_goes() -> None:
+    async def scenario() -> None:
+        watch = Watch(JOB, 8)
+        waiting = asyncio.create_task(watch.get())
+        await asyncio.sleep(0)
+        watch.push(event(1))
+        assert (await asyncio.wait_for(waiting, 5) or {}).get("seq") == 1
+        waiting = asyncio.create_task(watch.get())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        watch.end()
+        with pytest.raises(WatchEnded):
+            await asyncio.wait_for(waiting, 5)
+        watch.push(event(2))  # buffered, but the watcher is gone: nothing more is read
+        with pytest.raises(WatchEnded):
+            await watch.get()
+
+    asyncio.run(scenario())
+
+
 def test_a_message_is_encoded_once_for_all_its_watchers() -> None:
     message = event_message(event(3))
     text = message.text()
@@ -296,7 +317,7 @@ def test_a_quiet_watch_is_woken_once_and_a_busy_one_is_not() -> None:
                 assert relay.wake_quiet(start + 6.0, quiet_s=5.0) == 0  # once per quiet spell
                 relay.dispatch(encode(event(1)))
                 assert (await asyncio.wait_for(quiet.get(), 5) or {}).get("seq") == 1
-                assert not busy.quiet and busy.buffer.items == type(busy.buffer.items)()
+                assert not busy.quiet and len(busy.buffer) == 0
         finally:
             relay.close()
             context.term()

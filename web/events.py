@@ -6,9 +6,10 @@ existence → 404. Only then does the relay subscribe (ZeroMQ subscriptions are 
 matches, so an unchecked id could watch other jobs). The join is the Clone pattern:
 subscribe, fetch the snapshot, drop buffered events it already covers.
 
-Each connection runs its own sender (queue → socket, its sends bounded by the process's
-``SendWatchdog``) and receiver (which only notices the browser leaving); a stalled browser
-only stalls itself.
+Each connection's handler sends (queue → socket, its sends bounded by the process's
+``SendWatchdog``) while one task reads, only to notice the browser leaving, which ends the
+watch; a stalled browser only stalls itself. An idle connection keeps no more than that:
+its watch, its cursor and the one task (the snapshot it joined with is let go).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from broker.errors import JobcastError, UnknownJob
 from broker.jobs import is_job_id
 from web.errors import NO_SUCH_JOB, error_response
-from web.relay import Cursor, Message, Watch, clone_join, is_final, snapshot_message
+from web.relay import Cursor, Message, Watch, WatchEnded, clone_join, is_final, snapshot_message
 from web.send_watchdog import SendGuard, SendWatchdog
 from web.settings import Settings
 
@@ -73,7 +74,10 @@ async def job_events(websocket: WebSocket) -> None:
         async with websocket.state.relay.watch(job_id) as watch:
             snapshot = snapshot_message(await client.status(job_id))
             await websocket.accept()
-            await _stream(websocket, watch, snapshot, after)
+            joined = clone_join(snapshot, watch.drain(), after)
+            cursor = Cursor.after_join(snapshot, joined, after)
+            del snapshot  # a watcher that then waits for hours keeps only its cursor
+            await _stream(websocket, watch, joined, cursor)
     except UnknownJob:
         if websocket.client_state == WebSocketState.CONNECTING:
             await deny(websocket, 404, NO_SUCH_JOB)
@@ -83,29 +87,36 @@ async def job_events(websocket: WebSocket) -> None:
             await deny(websocket, 503, "the broker did not answer")
 
 
-async def _stream(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
-    """Send the join messages, then the live stream; both tasks end together."""
-    sender = asyncio.create_task(_send_all(websocket, watch, snapshot, after))
-    receiver = asyncio.create_task(receive_until_gone(websocket))
-    done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            if not isinstance(exc, WebSocketDisconnect | OSError | TimeoutError):
-                logger.warning("job %s: stream ended: %r", watch.job_id, exc)
+async def _stream(websocket: WebSocket, watch: Watch, joined: list[dict[str, Any]], cursor: Cursor) -> None:
+    """Send the join messages, then the live stream, until the job ends or the browser goes."""
+    receiver = asyncio.create_task(_receive_then_end(websocket, watch))
+    try:
+        await _send_all(websocket, watch, joined, cursor)
+    except (WatchEnded, WebSocketDisconnect, OSError, TimeoutError):
+        pass  # the browser went, or its sends stalled past the watchdog's bound
+    except Exception as exc:  # one connection's failure is logged, not raised
+        logger.warning("job %s: stream ended: %r", watch.job_id, exc)
+    finally:
+        receiver.cancel()
+        (outcome,) = await asyncio.gather(receiver, return_exceptions=True)
+        if isinstance(outcome, Exception) and not isinstance(outcome, WebSocketDisconnect | OSError):
+            logger.warning("job %s: reading the socket failed: %r", watch.job_id, outcome)
 
 
-async def _send_all(websocket: WebSocket, watch: Watch, snapshot: dict[str, Any], after: int | None) -> None:
+async def _receive_then_end(websocket: WebSocket, watch: Watch) -> None:
+    try:
+        await receive_until_gone(websocket)
+    finally:
+        watch.end()  # the sender stops at its next wait
+
+
+async def _send_all(websocket: WebSocket, watch: Watch, joined: list[dict[str, Any]], cursor: Cursor) -> None:
     watchdog: SendWatchdog = websocket.state.watchdog
-    joined = clone_join(snapshot, watch.drain(), after)
-    cursor = Cursor.after_join(snapshot, joined, after)
     with watchdog.guard() as guard:
-        for message in joined:
-            await send_message(websocket, message, guard)
-        if any(is_final(message) for message in joined):
+        ended = any(is_final(message) for message in joined)
+        while joined:  # each one let go once sent: an idle watcher keeps none of them
+            await send_message(websocket, joined.pop(0), guard)
+        if ended:
             return await websocket.close(code=1000)
         while True:
             update = await _next_message(websocket, watch)

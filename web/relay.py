@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -107,11 +106,13 @@ class KeepLatestBuffer:
     the number of finals it holds (in practice one).
     """
 
+    __slots__ = ("capacity", "items", "dropped")
+
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 (got {capacity})")
         self.capacity = capacity
-        self.items: deque[dict[str, Any]] = deque()
+        self.items: list[dict[str, Any]] = []  # a few at most: an empty deque costs 10 times more
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -132,12 +133,11 @@ class KeepLatestBuffer:
 
     def pop(self) -> dict[str, Any]:
         """Remove and return the oldest message (IndexError when empty)."""
-        return self.items.popleft()
+        return self.items.pop(0)
 
     def drain(self) -> list[dict[str, Any]]:
         """Remove and return every buffered message, oldest first."""
-        items = list(self.items)
-        self.items.clear()
+        items, self.items = self.items, []
         return items
 
 
@@ -215,8 +215,14 @@ class Watcher(Protocol):
 W = TypeVar("W", bound=Watcher)
 
 
+class WatchEnded(Exception):
+    """The watcher went away (``Watch.end``): nothing more is read from this watch."""
+
+
 class Watch:
     """One WebSocket's view of one job: a keep-latest queue the relay fills without waiting."""
+
+    __slots__ = ("job_id", "buffer", "needs_resync", "last_push", "quiet", "ended", "_last_seq", "_waiter")
 
     def __init__(self, job_id: str, capacity: int) -> None:
         self.job_id = job_id
@@ -224,8 +230,13 @@ class Watch:
         self.needs_resync = False  # a seq gap on the wire: the caller should refetch
         self.last_push = time.monotonic()  # for ``Relay.wake_quiet``
         self.quiet = False  # no event for a while: ``get`` returns None once
+        self.ended = False  # the watcher went away: ``get`` raises WatchEnded
         self._last_seq = -1
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # only while ``get`` waits
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def push(self, event: Event, message: Message | None = None) -> None:
         """Queue an event (never blocks); note a gap in the broker's sequence."""
@@ -235,27 +246,41 @@ class Watch:
         self.buffer.push(message if message is not None else event_message(event))
         self.last_push = time.monotonic()
         self.quiet = False
-        self._ready.set()
+        self._wake()
 
     def drain(self) -> list[dict[str, Any]]:
         """Everything queued so far, oldest first."""
-        self._ready.clear()
         return self.buffer.drain()
 
     def wake_quiet(self) -> None:
         """Make a waiting ``get`` return None: the stream has been quiet (see ``Relay``)."""
         self.quiet = True
-        self._ready.set()
+        self._wake()
+
+    def end(self) -> None:
+        """The watcher went away: a waiting or later ``get`` raises WatchEnded."""
+        self.ended = True
+        self._wake()
 
     async def get(self) -> dict[str, Any] | None:
-        """The next queued message, waiting for one; None once after a quiet spell."""
-        while not self.buffer:
+        """The next queued message, waiting for one; None once after a quiet spell.
+
+        Raises:
+            WatchEnded: ``end`` was called.
+        """
+        while True:
+            if self.ended:
+                raise WatchEnded(self.job_id)
+            if self.buffer:
+                return self.buffer.pop()
             if self.quiet:
                 self.quiet = False
                 return None
-            self._ready.clear()
-            await self._ready.wait()
-        return self.buffer.pop()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 class Relay:
