@@ -169,7 +169,18 @@ class BrokerServer:
         return max(0, int(wait_s * 1000) + 1)
 
     def apply(self, effects: list[Effect]) -> None:
-        """Carry out effects: durable ones first, then sends and publishes in order."""
+        """Carry out effects: sends to workers, then durable writes, then what others see.
+
+        Nothing a client or a watcher is told may be lost by a crash, so replies and
+        events wait for the turn's writes. Work sent to a worker need not: a job whose
+        journal write a crash cut off was never acknowledged, and a result from a run the
+        broker does not know is dropped. So a job starts while its submission is written.
+        """
+        unreachable = [
+            effect.to
+            for effect in effects
+            if type(effect) is SendWorker and not self._send_worker(effect.to, effect.frames)
+        ]
         try:
             self._write_durably(effects)
         except (sqlite3.Error, OSError) as exc:
@@ -179,12 +190,13 @@ class BrokerServer:
             match effect:
                 case SendClient(to, frames):
                     _send(self.clients, to, frames)
-                case SendWorker(to, frames):
-                    self._send_worker(to, frames)
                 case Publish(frames):
                     _send(self.events_out, frames[0], frames[1:])
-                case StoreResult() | Journal():
+                case SendWorker() | StoreResult() | Journal():
                     pass
+        for peer in unreachable:  # after this turn's writes, so that its records come first
+            self.core.worker_unreachable(peer, time.monotonic())
+            self.apply(self.core.effects_to_apply())
 
     def _flush_journal(self, now: float) -> None:
         try:
@@ -201,13 +213,14 @@ class BrokerServer:
         if records:
             self.journal.apply(records, time.monotonic())
 
-    def _send_worker(self, peer: bytes, frames: list[bytes]) -> None:
+    def _send_worker(self, peer: bytes, frames: list[bytes]) -> bool:
+        """Send to a worker; False if it is unreachable (``apply`` then tells the core)."""
         try:
             _send_frames(self.workers, peer, frames)
         except zmq.ZMQError as exc:
             logger.warning("worker %s unreachable (%s)", peer.hex(), exc.strerror)
-            self.core.worker_unreachable(peer, time.monotonic())
-            self.apply(self.core.effects_to_apply())
+            return False
+        return True
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

@@ -128,6 +128,23 @@ def test_malformed_frames_get_an_error_and_change_nothing(
     assert client.submit("echo", {"after": "junk"}).result(timeout=10) == {"after": "junk"}
 
 
+def test_a_worker_that_vanishes_holding_a_job_is_dropped_and_the_job_runs_elsewhere(
+    client: Client, start_workers: Callable[..., ReadyProcess]
+) -> None:
+    with raw_dealer(client.endpoints.workers) as ghost:
+        ghost.send_multipart(p.encode(p.Ready(tasks=["echo"])))
+        wait_for(lambda: client.stats()["workers"] == 1, timeout_s=5)
+        job = client.submit("echo", {"to": "the ghost"})  # the only worker: it is sent there
+        assert ghost.poll(5000), "the job was not sent to the only worker"
+    # its socket is gone: the broker's next send to it fails (ROUTER_MANDATORY), and the
+    # job goes back to the queue once the turn's writes are done
+    wait_for(lambda: client.stats()["workers"] == 0, timeout_s=5)
+    start_workers(1)
+    assert job.result(timeout=20) == {"to": "the ghost"}
+    assert job.status()["attempts"] == 2  # the ghost's attempt counts: it might have run
+    assert client.stats()["workers_lost"] == 1
+
+
 def test_client_that_vanishes_while_waiting_leaves_broker_healthy(
     client: Client,
     start_workers: Callable[..., ReadyProcess],
