@@ -5,6 +5,7 @@ that other processes on the box took meanwhile; ``--json FILE`` writes every fig
 
   1 latency     sequential submit→result of a no-op task that reports progress once
   2 throughput  N no-op jobs on 2 worker slots: submitted one by one, and through client.map
+                (with the CPU µs per mapped job of the broker, the worker slots and the client)
   3 cache       submit latency of a cached result next to the cold run of the same task
   4 push        worker progress() → WebSocket watcher latency, 100 watchers, 100/300/1000 events/s
   5 fanout      delivered messages/s to 1,000 watchers; web RSS per idle watcher
@@ -43,6 +44,10 @@ ROWS: list[tuple[str, str, str, int]] = [
     ("latency", "submit→result p99 (ms)", "latency.p99_ms", 2),
     ("throughput", "one-by-one submit, jobs/s", "one_by_one.jobs_per_s", 0),
     ("throughput", "client.map, jobs/s", "map.jobs_per_s", 0),
+    ("throughput", "client.map, CPU µs per job, all processes", "map.cpu_us_per_job", 0),
+    ("throughput", "client.map, CPU µs per job, broker", "map.broker_cpu_us_per_job", 0),
+    ("throughput", "client.map, CPU µs per job, worker slots", "map.workers_cpu_us_per_job", 0),
+    ("throughput", "client.map, CPU µs per job, client", "map.client_cpu_us_per_job", 0),
     ("cache", "cold submit→result p50 (ms)", "cache.cold.p50_ms", 2),
     ("cache", "cold submit→result p99 (ms)", "cache.cold.p99_ms", 2),
     ("cache", "cache-hit submit p50 (ms)", "cache.hit.p50_ms", 3),

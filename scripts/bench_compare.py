@@ -168,6 +168,11 @@ def ratios(ours: dict[str, dict[str, float]], anchors: dict[str, Any]) -> list[d
         _m(g, "bg_jobs_per_s"), "higher is better")
     add("map jobs/s", "map.jobs_per_s", "gearman PHP pipelined", _m(g, "bg_batch_jobs_per_s"),
         "higher is better")
+    pipelined = _m(g, "bg_batch_jobs_per_s")
+    if pipelined:  # above 1x, this box's cores cannot run jobcast's processes at gearmand's rate
+        cores = os.cpu_count() or 1
+        add("map CPU µs per job", "map.cpu_us_per_job", f"{cores} cores / gearman pipelined rate",
+            cores * 1e6 / pipelined, "lower is better")
     fl = anchors.get("floor", {}).get("summary", {})
     floor_figs = (("submit→result p50 (ms)", "latency.p50_ms", "lower is better"),
                   ("one-by-one jobs/s", "one_by_one.jobs_per_s", "higher is better"),

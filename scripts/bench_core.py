@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench_lib import OtherLoad, Procs, percentile, status_kib
+from bench_lib import OtherLoad, Procs, percentile, status_kib, tree_cpu_s
 
 from broker.batches import batch_messages, batch_views
 from broker.client import MAP_BATCHES_IN_FLIGHT, Client
@@ -104,11 +104,20 @@ def one_by_one(client: Client, n: int, salt: str) -> float:
     return n / (time.perf_counter() - began)
 
 
-def mapped(client: Client, n: int, salt: str) -> float:
-    """n jobs through client.map (batched submits, pipelined waits): jobs/s."""
+def mapped(client: Client, n: int, salt: str, pids: dict[str, int]) -> dict[str, float]:
+    """n jobs through client.map (batched submits, pipelined waits): jobs/s, and the CPU
+    µs per job that each process took (``pids``: role → pid, its children counted; the
+    client is this process)."""
+    cpu_before = {role: tree_cpu_s(pid) for role, pid in pids.items()}
+    client_before = time.process_time()
     began = time.perf_counter()
     client.map("bench_noop", [{"i": i, "s": salt} for i in range(n)], timeout=600)
-    return n / (time.perf_counter() - began)
+    out = {"jobs_per_s": n / (time.perf_counter() - began)}
+    for role, pid in pids.items():
+        out[f"{role}_cpu_us_per_job"] = (tree_cpu_s(pid) - cpu_before[role]) / n * 1e6
+    out["client_cpu_us_per_job"] = (time.process_time() - client_before) / n * 1e6
+    out["cpu_us_per_job"] = sum(out[f"{role}_cpu_us_per_job"] for role in (*pids, "client"))
+    return out
 
 
 def core_figures(jobs: int, latency_jobs: int, cache_jobs: int, slots: int) -> dict[str, Any]:
@@ -127,9 +136,10 @@ def core_figures(jobs: int, latency_jobs: int, cache_jobs: int, slots: int) -> d
         with OtherLoad() as load:
             per_s = one_by_one(client, jobs, salt + "a")
         out["one_by_one"] = {"jobs_per_s": per_s, "others": load.result}
+        pids = {"broker": s["broker"].pid, "workers": s["worker"].pid}
         with OtherLoad() as load:
-            per_s = mapped(client, jobs, salt + "b")
-        out["map"] = {"jobs_per_s": per_s, "others": load.result}
+            out["map"] = mapped(client, jobs, salt + "b", pids)
+        out["map"]["others"] = load.result
     return out
 
 
