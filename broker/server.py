@@ -176,11 +176,10 @@ class BrokerServer:
         journal write a crash cut off was never acknowledged, and a result from a run the
         broker does not know is dropped. So a job starts while its submission is written.
         """
-        unreachable = [
-            effect.to
-            for effect in effects
-            if type(effect) is SendWorker and not self._send_worker(effect.to, effect.frames)
-        ]
+        unreachable: list[bytes] = []
+        for effect in effects:
+            if type(effect) is SendWorker and not self._send_worker(effect.to, effect.frames):
+                unreachable.append(effect.to)
         try:
             self._write_durably(effects)
         except (sqlite3.Error, OSError) as exc:

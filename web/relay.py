@@ -3,7 +3,7 @@
 The broker's events XPUB publishes ``[topic=job id, "JC01", "EVENT", header]``. One
 ``Relay`` per web process owns one SUB socket and one reader task. Each WebSocket gets a
 ``Watch``: a bounded, keep-latest queue that the reader fills without ever waiting, and that
-the connection's own sender task drains. A browser that stops reading therefore never slows
+the connection's own handler drains. A browser that stops reading therefore never slows
 the reader or the other browsers.
 
 Every event carries absolute figures (done, total, state), so a full queue drops its oldest
