@@ -63,9 +63,10 @@ def batch_reply(req: int, outcomes: list[p.Snapshot | p.Error]) -> p.JobList:
 
 def slot_of(view: dict[str, Any]) -> dict[str, Any]:
     """An admitted item's slot in a batch reply: its id and state, and whether it was cached."""
+    slot = {"id": view["id"], "state": view["state"]}
     if view.get("cached"):
-        return {"id": view["id"], "state": view["state"], "cached": True}
-    return {"id": view["id"], "state": view["state"]}
+        slot["cached"] = True
+    return slot
 
 
 def batch_messages(
